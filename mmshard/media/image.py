@@ -1,0 +1,213 @@
+"""Image validation, probing and re-encoding for ingest.
+
+``process_image(data, options)`` takes the original bytes and returns what goes into the
+shard: the original bytes (``format="keep"`` and no resize; still fully decoded once to
+prove they are not truncated) or re-encoded bytes after EXIF orientation and a resize
+policy.  JPEG draft mode (DCT-domain downscale at decode time, never below the size the
+policy needs) is the main speed lever and is on by default.
+
+>>> import io; from PIL import Image
+>>> buf = io.BytesIO(); Image.new("RGB", (640, 480), "red").save(buf, "JPEG")
+>>> out = process_image(buf.getvalue(), ImageOptions(resize="shortest", size=240, format="jpg"))
+>>> out.field, out.facts["width"], out.facts["height"]
+('jpg', 320, 240)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError, DataError
+
+__all__ = ["RESIZE_POLICIES", "ImageOptions", "ProcessedMedia", "process_image", "target_size"]
+
+RESIZE_POLICIES = ("none", "shortest", "longest", "center_crop", "pad_multiple")
+FORMATS = ("keep", "jpg", "webp", "png")
+_PIL_TO_FIELD = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+                 "TIFF": "tif", "MPO": "jpg"}
+_FIELD_TO_PIL = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """How images are validated and stored.
+
+    resize: none | shortest (shortest side = size) | longest (longest side = size) |
+        center_crop (shortest side = size, then a size x size centre crop) |
+        pad_multiple (longest side <= size when size > 0, then pad right/bottom to a
+        multiple of ``patch``; the valid region is recorded).
+    format: keep (original bytes when no resize) | jpg | webp | png.
+    upscale: allow making images bigger than they are (off: small images pass as is).
+    """
+
+    resize: str = "none"
+    size: int = 0
+    patch: int = 14
+    format: str = "keep"
+    quality: int = 95
+    min_size: int = 0
+    max_pixels: int = 89_478_485  # PIL's default decompression-bomb limit
+    jpeg_draft: bool = True
+    upscale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"image resize {self.resize!r} unknown; allowed: "
+                              f"{', '.join(RESIZE_POLICIES)}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"image format {self.format!r} unknown; allowed: "
+                              f"{', '.join(FORMATS)}")
+        if self.resize in ("shortest", "longest", "center_crop") and self.size <= 0:
+            raise ConfigError(f"image resize {self.resize!r} needs size > 0 (--image-size)")
+        if self.resize == "pad_multiple" and self.patch <= 0:
+            raise ConfigError(f"pad_multiple needs patch > 0, got {self.patch}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"image quality must be in 1..100, got {self.quality}")
+        if self.max_pixels <= 0 or self.min_size < 0:
+            raise ConfigError("max_pixels must be > 0 and min_size >= 0")
+
+    @property
+    def reencodes(self) -> bool:
+        return self.resize != "none" or self.format != "keep"
+
+
+@dataclass(frozen=True)
+class ProcessedMedia:
+    """What one medium contributes to a sample: its field, stored bytes and facts."""
+
+    field: str
+    data: bytes
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
+    """Size after the resize step (before any crop/pad), from the oriented size alone.
+
+    >>> target_size(640, 480, ImageOptions(resize="longest", size=320))
+    (320, 240)
+    """
+    if opts.resize in ("none",):
+        return w, h
+    if opts.resize == "pad_multiple":
+        if opts.size <= 0:
+            return w, h
+        scale = opts.size / max(w, h)
+    elif opts.resize == "longest":
+        scale = opts.size / max(w, h)
+    else:  # shortest, center_crop
+        scale = opts.size / min(w, h)
+    if scale >= 1 and not opts.upscale:
+        return w, h
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _open(data: bytes, opts: ImageOptions):
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise DataError("empty_file", "zero-byte image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise DataError("too_many_pixels", str(e)) from e
+        except UnidentifiedImageError as e:
+            raise DataError("not_an_image",
+                            "cannot identify image data (wrong extension or not an image)") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError("corrupt_image", f"cannot parse image header: {e}") from e
+    w, h = im.size
+    if w * h > opts.max_pixels:
+        raise DataError("too_many_pixels",
+                        f"{w}x{h} = {w * h} pixels exceeds max_pixels={opts.max_pixels}")
+    return im
+
+
+def _load(im) -> None:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im.load()
+        except OSError as e:
+            msg = str(e)
+            reason = "truncated" if "truncated" in msg or "broken data" in msg else "corrupt_image"
+            raise DataError(reason, f"image does not decode: {msg}") from e
+        except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError("corrupt_image", f"image does not decode: {e}") from e
+
+
+def process_image(data: bytes, opts: ImageOptions) -> ProcessedMedia:
+    """Validate one image and return the bytes to store (see module docstring).
+
+    Raises DataError with reason ``empty_file``, ``not_an_image``, ``corrupt_image``,
+    ``truncated``, ``too_many_pixels`` or ``too_small``.
+    """
+    from PIL import Image, ImageOps
+
+    im = _open(data, opts)
+    fmt = _PIL_TO_FIELD.get(im.format or "", "")
+    if not fmt:
+        raise DataError("unsupported_format", f"image format {im.format!r} is not supported")
+    w0, h0 = im.size
+    orientation = int(im.getexif().get(0x0112, 1) or 1)
+    rotated = orientation in (5, 6, 7, 8)
+    w, h = (h0, w0) if rotated else (w0, h0)
+    if min(w, h) < opts.min_size:
+        raise DataError("too_small", f"{w}x{h} is below min_size={opts.min_size}")
+    facts: dict[str, Any] = {"width": w, "height": h, "format": fmt}
+    if orientation != 1:
+        facts["exif_orientation"] = orientation
+
+    if not opts.reencodes:
+        # Prove the bytes decode completely; draft keeps it cheap (1/8 scale DCT decode
+        # still reads every entropy-coded block, so truncation is caught).
+        if im.format == "JPEG" and opts.jpeg_draft:
+            im.draft("RGB", (max(1, w0 // 8), max(1, h0 // 8)))
+        _load(im)
+        return ProcessedMedia(fmt, data, facts)
+
+    tw, th = target_size(w, h, opts)
+    if im.format == "JPEG" and opts.jpeg_draft and (tw < w or th < h):
+        req = (th, tw) if rotated else (tw, th)
+        im.draft("RGB", req)  # picks the largest DCT scale that stays >= req
+    _load(im)
+    im = ImageOps.exif_transpose(im) if orientation != 1 else im
+    out_field = fmt if opts.format == "keep" else opts.format
+    if out_field not in _FIELD_TO_PIL:
+        out_field = "jpg"
+    keep_alpha = out_field in ("png", "webp") and (
+        im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info))
+    target_mode = "RGBA" if keep_alpha else "RGB"
+    if im.mode != target_mode:
+        im = im.convert(target_mode)
+    if im.size != (tw, th):
+        im = im.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if opts.resize == "center_crop":
+        s = min(opts.size, tw, th)
+        left, top = (tw - s) // 2, (th - s) // 2
+        im = im.crop((left, top, left + s, top + s))
+    elif opts.resize == "pad_multiple":
+        p = opts.patch
+        pw, ph = -(-im.width // p) * p, -(-im.height // p) * p
+        if (pw, ph) != im.size:
+            canvas = Image.new(target_mode, (pw, ph))
+            canvas.paste(im, (0, 0))
+            facts["valid_width"], facts["valid_height"] = im.size
+            im = canvas
+    buf = io.BytesIO()
+    pil_fmt = _FIELD_TO_PIL[out_field]
+    if pil_fmt == "JPEG":
+        im.save(buf, pil_fmt, quality=opts.quality)
+    elif pil_fmt == "WEBP":
+        im.save(buf, pil_fmt, quality=opts.quality, method=4)
+    else:
+        im.save(buf, pil_fmt)
+    facts.update(orig_width=w, orig_height=h, width=im.width, height=im.height,
+                 format=out_field)
+    return ProcessedMedia(out_field, buf.getvalue(), facts)

@@ -1,0 +1,165 @@
+"""Executors: where a job's tasks run.  The only module in mmshard that imports Ray.
+
+A task is a picklable callable plus one picklable argument; its result is a small
+picklable summary.  Both executors run the same task code::
+
+    >>> ex = LocalExecutor(workers=1)
+    >>> sorted(r for _, r in ex.imap_unordered(abs, [-2, 1, -3]))
+    [1, 2, 3]
+
+``imap_unordered`` yields ``(index, result)`` pairs as tasks finish, keeping at most
+``max_in_flight`` tasks submitted at once (backpressure), so the driver's memory does
+not grow with the number of tasks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from ..errors import ConfigError, DependencyMissingError, JobError
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "make_executor"]
+
+A = TypeVar("A")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """Runs ``fn(arg)`` for each arg; yields ``(index, result)`` as tasks complete."""
+
+    workers: int
+
+    def imap_unordered(self, fn: Callable[[A], R], args: Iterable[A],
+                       max_in_flight: int | None = None) -> Iterator[tuple[int, R]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """In-process executor: sequential for ``workers=1``, a thread pool otherwise.
+
+    Decoding, resizing and compression release the GIL, so threads give real
+    parallelism for media work without pickling anything.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def imap_unordered(self, fn: Callable[[A], R], args: Iterable[A],
+                       max_in_flight: int | None = None) -> Iterator[tuple[int, R]]:
+        if self.workers == 1:
+            for i, a in enumerate(args):
+                yield i, fn(a)
+            return
+        limit = max_in_flight or 2 * self.workers
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="mmshard") as pool:
+            pending: dict[cf.Future[R], int] = {}
+            it = enumerate(args)
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < limit:
+                    try:
+                        i, a = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[pool.submit(fn, a)] = i
+                if not pending:
+                    break
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Runs tasks as Ray tasks, retried when a worker dies (``max_retries``).
+
+    ``address=None`` joins the cluster already initialised in this process, else starts an
+    embedded local one with ``workers`` CPUs; ``address="auto"`` or ``"ray://..."``/
+    ``"host:port"`` joins an existing cluster.
+    """
+
+    def __init__(self, workers: int | None = None, *, address: str | None = None,
+                 max_retries: int = 3, num_cpus_per_task: float = 1.0) -> None:
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - ray is a core dependency
+            raise DependencyMissingError(
+                "the ray executor needs ray: pip install 'ray[data]' (or use --executor local)"
+            ) from e
+        self._ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+            }
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = workers or os.cpu_count() or 1
+            try:
+                ray.init(**kwargs)
+            except Exception as e:
+                raise JobError(f"cannot start or join a Ray cluster (address={address!r}): {e}"
+                               ) from e
+            self._owns = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = workers or max(1, int(cpus // num_cpus_per_task))
+        self.max_retries = max_retries
+        self.num_cpus_per_task = num_cpus_per_task
+
+    def imap_unordered(self, fn: Callable[[A], R], args: Iterable[A],
+                       max_in_flight: int | None = None) -> Iterator[tuple[int, R]]:
+        ray = self._ray
+        remote = ray.remote(fn).options(
+            num_cpus=self.num_cpus_per_task, max_retries=self.max_retries,
+            retry_exceptions=False,
+        )
+        limit = max_in_flight or 2 * self.workers
+        pending: dict[Any, int] = {}
+        it = enumerate(args)
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < limit:
+                try:
+                    i, a = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[remote.remote(a)] = i
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                yield i, ray.get(ref)
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def make_executor(kind: str = "ray", *, workers: int | None = None,
+                  address: str | None = None, max_retries: int = 3) -> Executor:
+    """Turn ``--executor local|ray`` into an executor object (done once, at the edge).
+
+    >>> make_executor("local", workers=1).workers
+    1
+    """
+    if kind == "local":
+        return LocalExecutor(workers or 1)
+    if kind == "ray":
+        return RayExecutor(workers, address=address, max_retries=max_retries)
+    raise ConfigError(f"unknown executor {kind!r}; allowed: local, ray")

@@ -1,0 +1,301 @@
+"""``mmshard ingest``: raw images, audio, video and captions -> WebDataset shards.
+
+plan -> tasks -> commit.  The driver lists the sources (sorted, stable keys, duplicate
+keys refused before any work), optionally hashes content for exact dedup, assigns whole
+groups to splits by a stable hash, cuts each split into shards by sample count and
+source bytes, runs one task per shard on the executor (skipping shards a previous run
+committed), and merges the shards' part records into ``manifest.parquet``,
+``ledger.parquet``, ``index.json`` and ``stats.json``.
+
+>>> from mmshard import IngestConfig, ingest                         # doctest: +SKIP
+>>> result = ingest(["photos/"], "out/", IngestConfig(max_samples=500),
+...                 executor=make_executor("local"))                  # doctest: +SKIP
+>>> result.stats["ok"], result.stats["failed"]                        # doctest: +SKIP
+(998, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .._registry import config_from_dict, config_to_dict
+from ..errors import ConfigError, JobError
+from ..media.audio import AudioOptions
+from ..media.image import ImageOptions
+from ..media.video import VideoOptions
+from ..samplers.splits import SplitSpec, assign_split, validate_split_spec
+from ..storage import Storage, open_input
+from .commit import commit_dataset
+from .executor import Executor, make_executor
+from .ingest_task import MediaOptions, ShardTask, part_name, run_shard_task
+from .sources import InputItem, SourceOptions, collect_inputs
+
+__all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
+
+log = logging.getLogger(__name__)
+JOB_FILE = "_work/job.json"
+FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """Everything that decides the bytes of the output (execution choices excluded).
+
+    max_samples / max_bytes: a shard closes at whichever comes first (max_bytes counts
+    source bytes at plan time, so shard assignment is known before any decoding).
+    splits: ``(("train", 0.9), ("val", 0.1))``; whole groups per split by stable hash.
+    max_failure_rate: above it the job still commits, then raises FailureRateError.
+    """
+
+    sources: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = field(default_factory=ImageOptions)
+    audio: AudioOptions = field(default_factory=AudioOptions)
+    video: VideoOptions = field(default_factory=VideoOptions)
+    max_samples: int = 1000
+    max_bytes: int | None = 1 << 30
+    splits: SplitSpec = (("train", 1.0),)
+    split_seed: int = 0
+    dedup: bool = False
+    max_file_bytes: int = 4 << 30
+    max_failure_rate: float = 0.5
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1, got {self.max_samples}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ConfigError(f"max_bytes must be >= 1 or None, got {self.max_bytes}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.max_file_bytes < 1:
+            raise ConfigError("max_file_bytes must be >= 1")
+        object.__setattr__(self, "splits", validate_split_spec(
+            tuple((str(n), float(w)) for n, w in self.splits)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = config_to_dict(self)
+        d["splits"] = [list(s) for s in self.splits]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IngestConfig:
+        data = dict(data)
+        if "splits" in data:
+            data["splits"] = tuple(tuple(s) for s in data["splits"])
+        return config_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What a finished ingest did: its output folder and the contents of stats.json."""
+
+    out: str
+    stats: dict[str, Any]
+
+    @property
+    def failure_rate(self) -> float:
+        return float(self.stats["failure_rate"])
+
+
+class FailureRateError(JobError):
+    """Raised after commit when the failure rate is above ``max_failure_rate``."""
+
+    def __init__(self, message: str, result: IngestResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    name: str
+    split: str
+    items: tuple[InputItem, ...]
+
+
+def plan_shards(items: Sequence[InputItem], config: IngestConfig) -> list[PlannedShard]:
+    """Assign splits by group hash and cut each split (in key order) into shards."""
+    by_split: dict[str, list[InputItem]] = {name: [] for name, _ in config.splits}
+    for it in items:
+        by_split[assign_split(it.group or it.key, config.splits, config.split_seed)].append(it)
+    shards = []
+    for split, its in by_split.items():
+        cur: list[InputItem] = []
+        cur_bytes = 0
+        n = 0
+        for it in its:
+            if cur and (len(cur) >= config.max_samples or (
+                    config.max_bytes is not None and cur_bytes + it.size > config.max_bytes)):
+                shards.append(PlannedShard(f"{split}-{n:06d}", split, tuple(cur)))
+                n, cur, cur_bytes = n + 1, [], 0
+            cur.append(it)
+            cur_bytes += it.size
+        if cur:
+            shards.append(PlannedShard(f"{split}-{n:06d}", split, tuple(cur)))
+    return shards
+
+
+def _hash_chunk(args: tuple[tuple[InputItem, ...], int]) -> list[tuple[str, str | None]]:
+    items, limit = args
+    out = []
+    for it in items:
+        if it.error:
+            out.append((it.key, None))
+            continue
+        h = hashlib.sha256()
+        try:
+            for fld, uri in it.media:
+                with open_input(uri) as f:
+                    data = f.read(limit + 1)
+                h.update(fld.encode() + b"\0" + hashlib.sha256(data).digest())
+            out.append((it.key, h.hexdigest()))
+        except OSError:
+            out.append((it.key, None))  # the shard task reports why, as a ledger row
+    return out
+
+
+def _dedup(items: list[InputItem], config: IngestConfig, executor: Executor
+           ) -> tuple[list[InputItem], list[dict[str, Any]]]:
+    chunks = [tuple(items[i:i + 256]) for i in range(0, len(items), 256)]
+    hashes: dict[str, str | None] = {}
+    for _, res in executor.imap_unordered(_hash_chunk,
+                                          [(c, config.max_file_bytes) for c in chunks]):
+        hashes.update(res)
+    first: dict[str, str] = {}
+    kept, dup_rows = [], []
+    for it in items:  # sorted by key: the first key of a content wins
+        h = hashes.get(it.key)
+        if h is not None and h in first:
+            split = assign_split(it.group or it.key, config.splits, config.split_seed)
+            dup_rows.append({"source": it.source, "key": it.key, "status": "duplicate",
+                             "reason": "duplicate", "detail": f"same content as {first[h]}",
+                             "shard": None, "split": split})
+            continue
+        if h is not None:
+            first[h] = it.key
+        kept.append(it)
+    return kept, dup_rows
+
+
+def _fingerprint(config: IngestConfig, sources: Sequence[str]) -> dict[str, Any]:
+    doc = {"config": config.to_dict(), "sources": list(sources)}
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return {**doc, "fingerprint": digest}
+
+
+def _prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool) -> None:
+    if overwrite:
+        for rel in FINAL_FILES:
+            storage.remove(rel)
+        storage.remove_tree("shards")
+        storage.remove_tree("_work")
+    elif storage.exists(JOB_FILE):
+        old = json.loads(storage.read_bytes(JOB_FILE))
+        if old.get("fingerprint") != job["fingerprint"]:
+            changed = _diff(old.get("config", {}), job["config"])
+            if old.get("sources") != job["sources"]:
+                changed.append("sources")
+            raise JobError(
+                f"{storage.root} was made with a different config (changed: "
+                f"{', '.join(changed) or 'unknown'}); rerun with the original arguments to "
+                "resume, pass --overwrite to start clean, or choose another --out")
+    elif storage.exists("index.json") or storage.listdir("shards"):
+        raise JobError(f"{storage.root} already holds a dataset that this job did not start; "
+                       "pass --overwrite to replace it or choose another --out")
+    storage.write_bytes(JOB_FILE, json.dumps(job, indent=1, sort_keys=True).encode())
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None, *,
+           executor: Executor | None = None, progress: bool = False, overwrite: bool = False,
+           storage_options: dict | None = None) -> IngestResult:
+    """Turn ``sources`` into a dataset folder at ``out`` (local path or fsspec URL).
+
+    Reruns with the same arguments resume: committed shards are skipped and the final
+    files equal an uninterrupted run's.  ``executor`` defaults to an embedded local Ray
+    cluster.  Raises SourceError/ConfigError before any work on bad sources or
+    arguments, JobError when the output cannot be written or was made with another
+    config, and FailureRateError (after committing) when too many inputs failed.
+
+    >>> r = ingest(["data/"], "out", IngestConfig(splits=(("train", .9), ("val", .1))),
+    ...            executor=make_executor("local"))              # doctest: +SKIP
+    """
+    config = config or IngestConfig()
+    t0 = time.perf_counter()
+    storage = Storage(out, storage_options)
+    items, ignored = collect_inputs(list(sources), config.sources)
+    job = _fingerprint(config, sources)
+    _prepare_output(storage, job, overwrite)
+    own_executor = executor is None
+    executor = executor or make_executor("ray")
+    try:
+        dup_rows: list[dict[str, Any]] = []
+        if config.dedup:
+            items, dup_rows = _dedup(items, config, executor)
+        shards = plan_shards(items, config)
+        media = MediaOptions(image=config.image, audio=config.audio, video=config.video,
+                             max_file_bytes=config.max_file_bytes)
+        done = set(n.removesuffix(".json") for n in storage.listdir("_work/parts"))
+        todo = [s for s in shards if s.name not in done]
+        tasks = [ShardTask(out=storage.root, storage_options=storage.storage_options,
+                           shard=s.name, split=s.split, items=s.items, media=media)
+                 for s in todo]
+        _run(tasks, executor, progress, total_shards=len(shards))
+        name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
+        run_stats = {"seconds": round(time.perf_counter() - t0, 3),
+                     "executor": type(executor).__name__, "workers": executor.workers,
+                     "resumed_shards": len(shards) - len(todo),
+                     "ignored_files": len(ignored)}
+        stats = commit_dataset(storage, name=name, shard_order=[s.name for s in shards],
+                               extra_ledger=dup_rows, config=job, run_stats=run_stats)
+    finally:
+        if own_executor:
+            executor.close()
+    result = IngestResult(out=storage.root, stats=stats)
+    if result.failure_rate > config.max_failure_rate:
+        raise FailureRateError(
+            f"{stats['failed']} of {stats['inputs']} inputs failed "
+            f"({result.failure_rate:.1%} > max_failure_rate {config.max_failure_rate:.1%}); "
+            f"reasons: {stats['failures_by_reason']}; see {storage.path('ledger.parquet')}",
+            result)
+    return result
+
+
+def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shards: int) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_shards, initial=total_shards - len(tasks), unit="shard",
+               disable=not progress, dynamic_ncols=True, desc="ingest")
+    t0 = time.perf_counter()
+    ok = failed = nbytes = 0
+    try:
+        for _, res in executor.imap_unordered(run_shard_task, tasks):
+            ok += res.ok
+            failed += res.failed
+            nbytes += res.bytes_in
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(samples_s=f"{ok / dt:.1f}", MB_s=f"{nbytes / 1e6 / dt:.1f}",
+                            failed=failed, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def with_overrides(config: IngestConfig, **changes: Any) -> IngestConfig:
+    """A copy of ``config`` with top-level fields replaced (used by the CLI)."""
+    return replace(config, **changes)

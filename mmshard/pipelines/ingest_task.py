@@ -1,0 +1,282 @@
+"""The ingest shard task: inputs -> one committed tar plus its part record.
+
+Consumes a :class:`ShardTask` (the shard's planned inputs, in key order) and emits a
+:class:`ShardResult` summary.  Side effects, both atomic: ``shards/<name>.tar`` (only when
+at least one input succeeded) and then ``_work/parts/<name>.json`` holding the shard's
+ledger rows, manifest rows and stats.  The part record is written last, so its presence
+means the shard is committed: a rerun skips it.  Tasks are idempotent and retryable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ..errors import DataError
+from ..keys import modality_of
+from ..media.audio import AudioOptions, process_audio
+from ..media.image import ImageOptions, ProcessedMedia, process_image
+from ..media.video import VideoOptions, process_video
+from ..storage import Storage, open_input
+from ..tario import TarWriter
+from .sources import InputItem
+
+__all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task"]
+
+log = logging.getLogger(__name__)
+PARTS_DIR = "_work/parts"
+_MODALITY_ORDER = {"video": 0, "image": 1, "audio": 2}
+
+
+def part_name(shard: str) -> str:
+    return f"{PARTS_DIR}/{shard}.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaOptions:
+    """Per-modality processing options plus the per-file byte limit."""
+
+    image: ImageOptions
+    audio: AudioOptions
+    video: VideoOptions
+    max_file_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardTask:
+    out: str
+    storage_options: dict
+    shard: str
+    split: str
+    items: tuple[InputItem, ...]
+    media: MediaOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardResult:
+    shard: str
+    ok: int
+    failed: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+
+
+class _AbortEmpty(Exception):
+    """Raised inside the atomic writer to discard a tar with no samples."""
+
+
+class _HashingWriter:
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _read(uri: str, limit: int) -> bytes:
+    with open_input(uri) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise DataError("too_large", f"{uri} is larger than max_file_bytes={limit}")
+    return data
+
+
+def _sniff(data: bytes) -> str:
+    """Field for media whose name had no known extension (URLs like ``/img?id=3``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    import io
+
+    try:
+        fmt = Image.open(io.BytesIO(data)).format or ""
+        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}.get(fmt, "jpg")
+    except (UnidentifiedImageError, OSError):
+        pass
+    head = data[:12]
+    if head[:4] in (b"RIFF",) and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3" or head[:2] == b"\xff\xfb":
+        return "mp3"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "mkv"
+    raise DataError("unsupported_format", "cannot tell the media type of a file without a "
+                    "known extension")
+
+
+def _process_media(field: str, data: bytes, opts: MediaOptions) -> ProcessedMedia:
+    modality = modality_of(field.rsplit(".", 1)[-1])
+    if modality == "image":
+        return process_image(data, opts.image)
+    if modality == "audio":
+        pm = process_audio(data, opts.audio)
+        if pm.data is data:  # kept as is: the source extension names it best
+            return ProcessedMedia(field.rsplit(".", 1)[-1], pm.data, pm.facts)
+        return pm
+    if modality == "video":
+        return process_video(data, opts.video, field.rsplit(".", 1)[-1])
+    raise DataError("unsupported_format", f"field {field!r} is not image, audio or video")
+
+
+def build_sample(item: InputItem, split: str, opts: MediaOptions
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read and process one input: (tar sample dict, manifest row).  Raises DataError."""
+    if item.error:
+        raise DataError(*item.error)
+    sample: dict[str, Any] = {"__key__": item.key}
+    media_meta: dict[str, dict[str, Any]] = {}
+    bytes_in = 0
+    for field, uri in item.media:
+        try:
+            data = _read(uri, opts.max_file_bytes)
+        except FileNotFoundError as e:
+            raise DataError("missing_file", f"{uri} does not exist") from e
+        except PermissionError as e:
+            raise DataError("permission_denied", f"cannot read {uri}: {e}") from e
+        except IsADirectoryError as e:
+            raise DataError("not_a_file", f"{uri} is a directory") from e
+        except OSError as e:
+            raise DataError("read_error", f"cannot read {uri}: {e}") from e
+        bytes_in += len(data)
+        if field == "auto" or field.endswith(".auto"):
+            field = _sniff(data)
+        pm = _process_media(field, data, opts)
+        prefix = field.rsplit(".", 1)[0] + "." if "." in field else ""
+        out_field = prefix + pm.field
+        if out_field in sample:
+            raise DataError("duplicate_field", f"two media map to field {out_field!r}")
+        sample[out_field] = pm.data
+        media_meta[out_field] = {"source": uri, "sha256": hashlib.sha256(data).hexdigest(),
+                                 "size": len(data), "modality": modality_of(pm.field),
+                                 **pm.facts}
+    meta: dict[str, Any] = dict(item.meta)
+    caption, label = item.caption, item.label
+    for ext, uri in item.sidecars:
+        try:
+            raw = _read(uri, 16 * 1024 * 1024)
+        except OSError as e:
+            raise DataError("read_error", f"cannot read sidecar {uri}: {e}") from e
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError("bad_sidecar", f"sidecar {uri} is not UTF-8") from e
+        if ext == "txt":
+            caption = text.rstrip("\n")
+        elif ext == "cls":
+            label = text.strip()
+        elif ext == "json":
+            try:
+                extra = json.loads(text)
+            except ValueError as e:
+                raise DataError("bad_sidecar", f"sidecar {uri} is not valid JSON: {e}") from e
+            if not isinstance(extra, dict):
+                raise DataError("bad_sidecar", f"sidecar {uri} must hold a JSON object")
+            meta.update(extra)
+    primary = min(media_meta, key=lambda f: (_MODALITY_ORDER.get(media_meta[f]["modality"], 9),
+                                             f))
+    pmeta = media_meta[primary]
+    facts = {k: v for k, v in pmeta.items() if k not in ("source", "modality")}
+    doc: dict[str, Any] = {
+        "key": item.key, "source": item.source if len(media_meta) > 1 else pmeta["source"],
+        "modality": pmeta["modality"],
+        "modalities": sorted({m["modality"] for m in media_meta.values()}),
+        "group": item.group, "split": split, **facts,
+    }
+    if len(media_meta) > 1:
+        doc["media"] = media_meta
+    if meta:
+        doc["meta"] = meta
+    if caption is not None:
+        sample["txt"] = caption
+    if label is not None:
+        sample["cls"] = label
+        doc["label"] = label
+    sample["json"] = json.dumps(doc, sort_keys=True, ensure_ascii=False)
+    stored = sum(len(v) if isinstance(v, bytes) else len(v.encode()) for k, v in sample.items()
+                 if not k.startswith("__"))
+    row = {
+        "key": item.key, "split": split, "group": item.group, "modality": pmeta["modality"],
+        "fields": ",".join(sorted(k for k in sample if not k.startswith("__"))),
+        "size": stored, "source_size": bytes_in, "sha256": pmeta["sha256"],
+        "source": doc["source"], "label": label,
+        "width": pmeta.get("width"), "height": pmeta.get("height"),
+        "sample_rate": pmeta.get("sample_rate"), "channels": pmeta.get("channels"),
+        "duration": pmeta.get("duration"), "fps": pmeta.get("fps"), "frames": pmeta.get("frames"),
+    }
+    return sample, row
+
+
+def run_shard_task(task: ShardTask) -> ShardResult:
+    """Process one shard's inputs and commit the tar and part record (see module doc)."""
+    t0 = time.perf_counter()
+    storage = Storage(task.out, task.storage_options)
+    ledger: list[dict[str, Any]] = []
+    manifest: list[dict[str, Any]] = []
+    failures: Counter[str] = Counter()
+    bytes_in = 0
+    tar_rel = f"shards/{task.shard}.tar"
+    info: dict[str, Any] = {}
+    try:
+        with storage.atomic_writer(tar_rel) as raw:
+            hw = _HashingWriter(raw)
+            writer = TarWriter(hw)  # type: ignore[arg-type]
+            for item in task.items:
+                try:
+                    sample, row = build_sample(item, task.split, task.media)
+                except DataError as e:
+                    failures[e.reason] += 1
+                    detail = str(e).split(": ", 1)[-1]
+                    ledger.append(_ledger(item, task, "failed", e.reason, detail, None))
+                    log.info("ingest %s: %s failed: %s", task.shard, item.key, e)
+                    continue
+                except Exception as e:  # a decoder bug must not stop the job: counted, logged
+                    failures["internal_error"] += 1
+                    ledger.append(_ledger(item, task, "failed", "internal_error",
+                                          f"{type(e).__name__}: {e}", None))
+                    log.warning("ingest %s: %s internal error", task.shard, item.key,
+                                exc_info=True)
+                    continue
+                writer.write(sample)
+                bytes_in += row["source_size"]
+                row["shard"] = task.shard
+                manifest.append(row)
+                ledger.append(_ledger(item, task, "ok", "", "", task.shard))
+            writer.close()
+            if writer.count == 0:
+                raise _AbortEmpty
+            info = {"url": tar_rel, "filesize": hw.n, "sha256": hw.h.hexdigest()}
+    except _AbortEmpty:
+        info = {}
+    seconds = time.perf_counter() - t0
+    part = {
+        "shard": task.shard, "split": task.split, "planned": len(task.items),
+        "nsamples": len(manifest), **info, "failures": dict(sorted(failures.items())),
+        "ledger": ledger, "manifest": manifest,
+        "stats": {"seconds": round(seconds, 4), "bytes_in": bytes_in,
+                  "bytes_out": info.get("filesize", 0)},
+    }
+    storage.write_bytes(part_name(task.shard), json.dumps(part, sort_keys=True).encode())
+    return ShardResult(shard=task.shard, ok=len(manifest), failed=sum(failures.values()),
+                       bytes_in=bytes_in, bytes_out=info.get("filesize", 0), seconds=seconds)
+
+
+def _ledger(item: InputItem, task: ShardTask, status: str, reason: str, detail: str,
+            shard: str | None) -> dict[str, Any]:
+    return {"source": item.source, "key": item.key, "status": status, "reason": reason,
+            "detail": detail, "shard": shard, "split": task.split}

@@ -1,0 +1,388 @@
+"""Turn source arguments into a sorted list of inputs (one input = one future sample).
+
+Sources: directory trees (media files plus sidecar ``.txt`` caption, ``.json`` metadata
+and ``.cls`` label sharing the stem; files sharing a stem form one multi-media sample),
+CSV/TSV/JSONL/Parquet manifests, glob patterns, single files, and fsspec URLs (``s3://``,
+``http(s)://`` ...) for any of those.  Nothing is read here but listings, manifests and
+file sizes; media bytes are read by the shard tasks.
+
+Each :class:`InputItem` knows its key, media ``(field, uri)`` pairs, caption, label,
+group and metadata.  Rows that can be rejected without reading (a manifest path that
+escapes ``root``, a missing local file) carry a planned ``error`` and still end as a
+ledger row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import json
+import os
+import posixpath
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError, SourceError
+from ..keys import KEY_RE, TEXT_SIDECARS, hash_key, media_field, path_key
+from ..storage import is_url
+
+__all__ = ["InputItem", "SourceOptions", "collect_inputs"]
+
+MANIFEST_EXTS = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
+DEFAULT_PATH_COLUMNS = ("path", "url", "file", "filepath", "image", "audio", "video",
+                        "image_path", "audio_path", "video_path", "media")
+DEFAULT_CAPTION_COLUMNS = ("caption", "text", "txt")
+DEFAULT_LABEL_COLUMNS = ("label", "cls")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions:
+    """How sources map to keys, groups and fields (part of the job config)."""
+
+    root: str | None = None
+    key_column: str | None = None
+    key_scheme: str = "path"
+    path_columns: tuple[str, ...] = ()
+    caption_column: str | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    group_level: int | None = None
+    group_regex: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_scheme not in ("path", "hash"):
+            raise ConfigError(f"key_scheme {self.key_scheme!r} unknown; allowed: path, hash")
+        given = [n for n, v in (("group_column", self.group_column),
+                                ("group_level", self.group_level),
+                                ("group_regex", self.group_regex)) if v is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give at most one of group_column/group_level/group_regex, "
+                              f"got {given}")
+        if self.group_level is not None and self.group_level < 0:
+            raise ConfigError(f"group_level must be >= 0, got {self.group_level}")
+        if self.group_regex is not None:
+            try:
+                re.compile(self.group_regex)
+            except re.error as e:
+                raise ConfigError(f"group_regex {self.group_regex!r} is not a regex: {e}") from e
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputItem:
+    """One planned sample.  ``source`` is its identity (relative path stem or URI)."""
+
+    key: str
+    source: str
+    media: tuple[tuple[str, str], ...]
+    sidecars: tuple[tuple[str, str], ...] = ()
+    caption: str | None = None
+    label: str | None = None
+    group: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+    error: tuple[str, str] | None = None
+
+
+# ---------------------------------------------------------------------------- helpers
+def _keyify(identity: str, scheme: str) -> str:
+    return hash_key(identity) if scheme == "hash" else path_key(identity)
+
+
+def _group_for(rel: str, key: str, opts: SourceOptions) -> str:
+    if opts.group_level is not None:
+        parts = [p for p in rel.split("/") if p]
+        dirs = parts[:-1]
+        return dirs[opts.group_level] if opts.group_level < len(dirs) else key
+    if opts.group_regex is not None:
+        m = re.search(opts.group_regex, rel)
+        if not m:
+            return key
+        return m.group(1) if m.groups() else m.group(0)
+    return key
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``"a.b.JPG"`` -> ``("a.b", "jpg")``."""
+    stem, dot, ext = name.rpartition(".")
+    return (stem, ext.lower()) if dot and stem else (name, "")
+
+
+def _list_files(src: str) -> tuple[str, list[tuple[str, int]]]:
+    """(root, [(path, size)]) for a directory tree, glob pattern or single file."""
+    if is_url(src):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(src)
+        proto = src.split("://", 1)[0]
+        if any(c in path for c in "*?["):
+            root = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rsplit("/", 1)[0]
+            found = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            root = path.rstrip("/")
+            found = fs.find(path, detail=True)
+        elif fs.exists(path):
+            root = path.rsplit("/", 1)[0]
+            found = {path: fs.info(path)}
+        else:
+            raise SourceError(f"source {src!r} does not exist")
+        files = [(f"{proto}://{p}" if not p.startswith(proto) else p, int(i.get("size") or 0))
+                 for p, i in sorted(found.items()) if i.get("type") != "directory"]
+        return f"{proto}://{root}", files
+    if any(c in src for c in "*?["):
+        root = src.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        root = root if root.endswith("/") else os.path.dirname(root)
+        paths = sorted(p for p in globlib.glob(src, recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise SourceError(f"glob {src!r} matched no files")
+        return os.path.abspath(root or "."), [(os.path.abspath(p), _size(p)) for p in paths]
+    if os.path.isdir(src):
+        files = []
+        for d, dirs, names in os.walk(src):
+            dirs.sort()
+            for n in sorted(names):
+                p = os.path.join(d, n)
+                if os.path.isfile(p) or os.path.islink(p):
+                    files.append((os.path.abspath(p), _size(p)))
+        return os.path.abspath(src), files
+    if os.path.isfile(src):
+        p = os.path.abspath(src)
+        return os.path.dirname(p), [(p, _size(p))]
+    raise SourceError(f"source {src!r} does not exist (not a file, folder, glob or URL)")
+
+
+def _size(p: str) -> int:
+    try:
+        return os.stat(p).st_size
+    except OSError:
+        return 0
+
+
+def _rel(path: str, root: str) -> str:
+    if is_url(root):
+        return path[len(root):].lstrip("/")
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+# ---------------------------------------------------------------------- tree sources
+def _tree_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[InputItem]:
+    root, files = _list_files(src)
+    stems: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+    for path, size in files:
+        rel = _rel(path, root)
+        d, _, name = rel.rpartition("/")
+        if name.startswith("."):
+            continue
+        stem, ext = _split_name(name)
+        stems[f"{d}/{stem}" if d else stem][ext] = (path, size)
+    items = []
+    for ident in sorted(stems):
+        exts = stems[ident]
+        media = [(media_field(e), p) for e, (p, _) in exts.items() if media_field(e)]
+        side = [(e, p) for e, (p, _) in exts.items() if e in TEXT_SIDECARS]
+        other = [p for e, (p, _) in exts.items() if not media_field(e) and e not in TEXT_SIDECARS]
+        ignored.extend(other)
+        if not media:
+            ignored.extend(p for _, p in side)
+            continue
+        fields = [f for f, _ in media]
+        if len(set(fields)) != len(fields):  # cat.jpg + cat.jpeg: keep both, as 1.jpg
+            seen: dict[str, int] = {}
+            renamed = []
+            for f, p in sorted(media, key=lambda x: x[1]):
+                n = seen.get(f, 0)
+                seen[f] = n + 1
+                renamed.append((f if n == 0 else f"{n}.{f}", p))
+            media = renamed
+        key = _keyify(ident, opts.key_scheme)
+        items.append(InputItem(
+            key=key, source=(root + "/" + ident) if is_url(root) else os.path.join(root, ident),
+            media=tuple(sorted(media)), sidecars=tuple(sorted(side)),
+            group=_group_for(ident, key, opts),
+            size=sum(s for _, s in exts.values()),
+        ))
+    return items
+
+
+# ------------------------------------------------------------------ manifest sources
+def _read_manifest(src: str):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    from ..storage import open_input
+
+    lower = src.lower().split("?", 1)[0]
+    try:
+        with open_input(src) as f:
+            if lower.endswith(".parquet"):
+                return pq.read_table(f)
+            if lower.endswith((".jsonl", ".ndjson")):
+                return pajson.read_json(f)
+            delim = "\t" if lower.endswith(".tsv") else ","
+            return pacsv.read_csv(
+                f, parse_options=pacsv.ParseOptions(delimiter=delim),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    except FileNotFoundError as e:
+        raise SourceError(f"manifest {src!r} not found") from e
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"cannot read manifest {src!r}: {e}") from e
+
+
+def _pick(columns: list[str], explicit: str | None, defaults: tuple[str, ...], what: str,
+          src: str) -> str | None:
+    if explicit is not None:
+        if explicit not in columns:
+            raise SourceError(f"manifest {src!r} has no {what} column {explicit!r}; "
+                              f"columns: {', '.join(columns)}")
+        return explicit
+    return next((c for c in defaults if c in columns), None)
+
+
+def _resolve(path: str, root: str) -> tuple[str, tuple[str, str] | None]:
+    """Absolute path for a manifest entry, or a planned error when it escapes root."""
+    if is_url(path):
+        return path, None
+    path = path.removeprefix("file://")
+    full = os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(full)
+    if os.path.commonpath([real, real_root]) != real_root:
+        return full, ("unsafe_path", f"{path!r} resolves outside root {root!r}")
+    if not os.path.lexists(full):
+        return full, ("missing_file", f"{full} does not exist")
+    return full, None
+
+
+def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
+    table = _read_manifest(src)
+    cols = table.column_names
+    if opts.path_columns:
+        missing = [c for c in opts.path_columns if c not in cols]
+        if missing:
+            raise SourceError(f"manifest {src!r} has no path column(s) {missing}; "
+                              f"columns: {', '.join(cols)}")
+        path_cols = list(opts.path_columns)
+    else:
+        first = next((c for c in DEFAULT_PATH_COLUMNS if c in cols), None)
+        if first is None:
+            raise SourceError(f"manifest {src!r} has no path/url column; columns: "
+                              f"{', '.join(cols)}; name one with --path-column")
+        path_cols = [first]
+    key_col = _pick(cols, opts.key_column, (), "key", src)
+    cap_col = _pick(cols, opts.caption_column, DEFAULT_CAPTION_COLUMNS, "caption", src)
+    lab_col = _pick(cols, opts.label_column, DEFAULT_LABEL_COLUMNS, "label", src)
+    grp_col = _pick(cols, opts.group_column, (), "group", src)
+    used = set(path_cols) | {c for c in (key_col, cap_col, lab_col, grp_col) if c}
+    meta_cols = [c for c in cols if c not in used]
+    if is_url(src):
+        root = opts.root or src.rsplit("/", 1)[0]
+    else:
+        root = os.path.abspath(opts.root or os.path.dirname(os.path.abspath(src)))
+    rows = table.to_pylist()
+    items = []
+    bad_keys = []
+    for i, row in enumerate(rows):
+        media, error, size, ident = [], None, 0, None
+        for c in path_cols:
+            p = row.get(c)
+            if p is None or str(p) == "":
+                continue
+            p = str(p)
+            full, err = (urljoin_root(p, root) if is_url(root) else _resolve(p, root))
+            error = error or err
+            name = urlsplit(full).path if is_url(full) else full
+            fld = media_field(_split_name(name.rsplit("/", 1)[-1])[1]) or "auto"
+            if fld in [f for f, _ in media]:
+                fld = f"{c}.{fld}" if re.match(r"^[a-z0-9_]+$", c) else fld
+            media.append((fld, full))
+            if not is_url(full) and err is None:
+                size += _size(full)
+            if ident is None:
+                ident = full if is_url(full) else os.path.relpath(full, root)
+        if not media:
+            media, ident = [("auto", "")], f"{os.path.basename(src)}#row{i}"
+            error = error or ("missing_path", f"row {i} of {src} has an empty path")
+        if key_col:
+            key = str(row[key_col])
+            if not KEY_RE.match(key) or len(key) > 80:
+                bad_keys.append(key)
+        else:
+            ident_stem = _stem_identity(ident)
+            key = _keyify(ident_stem, opts.key_scheme)
+        group = str(row[grp_col]) if grp_col and row.get(grp_col) is not None else \
+            _group_for(ident or "", key, opts)
+        meta = {c: _jsonable(row[c]) for c in meta_cols if row.get(c) is not None}
+        items.append(InputItem(
+            key=key, source=ident if is_url(ident or "") else os.path.join(root, ident or ""),
+            media=tuple(media), caption=None if not cap_col or row.get(cap_col) is None
+            else str(row[cap_col]),
+            label=None if not lab_col or row.get(lab_col) is None else str(row[lab_col]),
+            group=group, meta=meta, size=size, error=error,
+        ))
+    if bad_keys:
+        raise SourceError(f"{len(bad_keys)} value(s) of key column {key_col!r} in {src!r} are "
+                          f"not valid keys ([A-Za-z0-9_-]+, at most 80 chars): {bad_keys[:5]}")
+    return items
+
+
+def urljoin_root(p: str, root: str) -> tuple[str, tuple[str, str] | None]:
+    if is_url(p):
+        return p, None
+    if p.startswith("/") or ".." in p.split("/"):
+        return p, ("unsafe_path", f"{p!r} escapes the manifest root {root!r}")
+    return posixpath.join(root, p), None
+
+
+def _stem_identity(ident: str) -> str:
+    if is_url(ident):
+        u = urlsplit(ident)
+        stem = _split_name(u.path)[0] if "." in u.path.rsplit("/", 1)[-1] else u.path
+        base = f"{u.netloc}{stem}"
+        return base + (f"_{hash_key(u.query)}" if u.query else "")
+    return _split_name(ident)[0]
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
+# -------------------------------------------------------------------------- entry
+def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
+                   ) -> tuple[list[InputItem], list[str]]:
+    """All inputs of all sources, sorted by key, plus the files that were ignored.
+
+    Raises SourceError before any work when a source cannot be listed or read, and when
+    two inputs share a key (naming both, with the fix).
+    """
+    if not sources:
+        raise SourceError("no sources given")
+    items: list[InputItem] = []
+    ignored: list[str] = []
+    for src in sources:
+        lower = src.lower().split("?", 1)[0]
+        if lower.endswith(MANIFEST_EXTS):
+            items.extend(_manifest_items(src, opts))
+        else:
+            items.extend(_tree_items(src, opts, ignored))
+    items.sort(key=lambda it: it.key)
+    dups = [(a, b) for a, b in zip(items, items[1:]) if a.key == b.key]
+    if dups:
+        shown = "; ".join(f"{a.key!r}: {a.source} and {b.source}" for a, b in dups[:5])
+        raise SourceError(
+            f"{len(dups)} duplicate key(s) before any work started: {shown}. Keys come from "
+            "paths relative to each source root; give sources with distinct relative paths, "
+            "a --key-column with unique values, or --key-scheme hash"
+        )
+    return items, ignored
+
+
+def replace(item: InputItem, **changes: Any) -> InputItem:
+    return dataclasses.replace(item, **changes)
