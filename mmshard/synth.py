@@ -97,6 +97,7 @@ def write_audio(path: str, x: np.ndarray, sr: int, fmt: str | None = None) -> st
     """Write mono/multichannel float audio with soundfile (format from the extension)."""
     import soundfile as sf
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sf.write(path, x, sr, format=fmt)
     return path
 
@@ -152,3 +153,49 @@ def _empty_wav() -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros((0, 1), np.float32), 16000, format="WAV")
     return buf.getvalue()
+
+
+def make_demo_corpus(folder: str, *, images: int = 24, seed: int = 0) -> dict[str, int]:
+    """A small mixed corpus: captioned photos in albums (group = album), speech-like and
+    tonal audio by speaker, short videos with scene cuts, and the classic broken files.
+    Returns counts by kind."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    n_img = 0
+    for i in range(images):
+        album = os.path.join(folder, "photos", f"album{i % 4}")
+        os.makedirs(album, exist_ok=True)
+        w, h = int(rng.integers(320, 900)), int(rng.integers(240, 700))
+        name = os.path.join(album, f"img{i:03d}")
+        with open(name + ".jpg", "wb") as f:
+            f.write(encode_image(photo_like(w, h, seed=seed + i), quality=92))
+        with open(name + ".txt", "w", encoding="utf-8") as f:
+            f.write(f"a synthetic photo number {i} from album {i % 4}")
+        n_img += 1
+    n_aud = 0
+    for spk in range(3):
+        d = os.path.join(folder, "speech", f"speaker{spk}")
+        os.makedirs(d, exist_ok=True)
+        for u in range(2):
+            sr = (16000, 22050, 44100)[spk]
+            write_audio(os.path.join(d, f"utt{u}.wav"),
+                        speech_like(1.0 + 0.5 * u, sr, seed=seed + 10 * spk + u), sr)
+            with open(os.path.join(d, f"utt{u}.txt"), "w", encoding="utf-8") as f:
+                f.write(f"speaker {spk} utterance {u}")
+            n_aud += 1
+    tones = os.path.join(folder, "tones")
+    os.makedirs(tones, exist_ok=True)
+    for k, freq in enumerate((220.0, 440.0, 880.0)):
+        write_audio(os.path.join(tones, f"tone{int(freq)}.flac"), tone(1.0, 16000, freq), 16000)
+        with open(os.path.join(tones, f"tone{int(freq)}.cls"), "w") as f:
+            f.write(str(k))
+        n_aud += 1
+    vids = os.path.join(folder, "videos")
+    os.makedirs(vids, exist_ok=True)
+    for v in range(3):
+        write_video(os.path.join(vids, f"clip{v}.mp4"), frames=40, fps=10, size=(96, 64),
+                    cuts=(12, 27), seed=seed + 100 + v)
+        with open(os.path.join(vids, f"clip{v}.txt"), "w") as f:
+            f.write(f"a short clip with two scene cuts, number {v}")
+    broken = write_broken_files(os.path.join(folder, "broken"), seed=seed)
+    return {"images": n_img, "audio": n_aud, "videos": 3, "broken": len(broken)}

@@ -52,10 +52,12 @@ class TarWriter:
             raise ShardError(f"sample key must match [A-Za-z0-9_-]+, got {key!r}")
         if key in self._keys:
             raise ShardError(f"duplicate key {key!r} in one shard")
-        self._keys.add(key)
-        for field in sorted(k for k in sample if not k.startswith("__")):
+        fields = sorted(k for k in sample if not k.startswith("__"))
+        for field in fields:
             if not FIELD_RE.match(field):
                 raise ShardError(f"field name must match [a-z0-9_.]+, got {field!r} (key {key})")
+        self._keys.add(key)
+        for field in fields:
             data = sample[field]
             if isinstance(data, str):
                 data = data.encode("utf-8")

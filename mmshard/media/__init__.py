@@ -1,0 +1,1 @@
+"""Decoding, probing and re-encoding of images, audio and video."""

@@ -1,0 +1,57 @@
+"""mmshard: the data layer for training multimodal models.
+
+>>> import mmshard
+>>> cfg = mmshard.IngestConfig(max_samples=500)
+>>> cfg.max_samples
+500
+
+Public names are imported on first use, so ``import mmshard`` stays cheap (no torch,
+no Ray) until a name that needs them is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AudioOptions": "mmshard.media.audio",
+    "ConfigError": "mmshard.errors",
+    "DataError": "mmshard.errors",
+    "Dataset": "mmshard.dataset",
+    "DatasetIndex": "mmshard.dataset",
+    "DependencyMissingError": "mmshard.errors",
+    "FailureRateError": "mmshard.pipelines.ingest",
+    "ImageOptions": "mmshard.media.image",
+    "IngestConfig": "mmshard.pipelines.ingest",
+    "IngestResult": "mmshard.pipelines.ingest",
+    "JobError": "mmshard.errors",
+    "MmshardError": "mmshard.errors",
+    "ShardError": "mmshard.errors",
+    "ShardInfo": "mmshard.dataset",
+    "SourceError": "mmshard.errors",
+    "SourceOptions": "mmshard.pipelines.sources",
+    "VideoOptions": "mmshard.media.video",
+    "ingest": "mmshard.pipelines.ingest",
+    "inspect_dataset": "mmshard.pipelines.verify",
+    "make_executor": "mmshard.pipelines.executor",
+    "open_dataset": "mmshard.dataset",
+    "verify_dataset": "mmshard.pipelines.verify",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmshard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Jobs that move data (ingest, transform, mine, stream) and the executor adapter."""
