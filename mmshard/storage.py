@@ -158,6 +158,15 @@ class Storage:
         elif self._fs.exists(p):
             self._fs.rm(p)
 
+    def remove_temporaries(self, rel: str) -> int:
+        """Delete ``.tmp-*`` leftovers of a killed writer in folder ``rel``; return how many.
+
+        Only safe when no other job writes to this folder (one job per output)."""
+        names = [n for n in self.listdir(rel) if n.startswith(".tmp-")]
+        for n in names:
+            self.remove(f"{rel}/{n}" if rel else n)
+        return len(names)
+
     def remove_tree(self, rel: str) -> None:
         p = self._fspath(rel)
         if self.local:

@@ -57,6 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with IngestConfig fields; flags override it")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a previous dataset in --out and start clean")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-attempt only the inputs the ledger marks failed, in new shards")
+    p.add_argument("--storage-options", type=_json_object, default=None,
+                   help="fsspec options for --out as JSON, e.g. "
+                        "'{\"client_kwargs\": {\"endpoint_url\": \"http://127.0.0.1:9000\"}}'")
     s = p.add_argument_group("sources")
     s.add_argument("--root", help="manifest paths resolve under (and may not escape) this "
                                   "folder; default: the manifest's folder")
@@ -112,6 +117,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def build_config(args: argparse.Namespace):
     from ..pipelines.ingest import IngestConfig
     from ..samplers.splits import parse_split_spec
@@ -165,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     executor = make_executor_from_args(args)
     try:
         result = ingest(args.sources, args.out, config, executor=executor,
-                        progress=not args.no_progress, overwrite=args.overwrite)
+                        progress=not args.no_progress, overwrite=args.overwrite,
+                        retry_failed=args.retry_failed, storage_options=args.storage_options)
     except FailureRateError as e:
         print(summary(e.result.stats))
         print(f"error: {e}")

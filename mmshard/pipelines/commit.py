@@ -62,20 +62,33 @@ def _write_parquet(storage: Storage, rel: str, rows: Iterable[list[dict[str, Any
 
 def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
                    extra_ledger: list[dict[str, Any]], config: dict[str, Any],
-                   run_stats: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest, ledger, index and stats from the part records; return the stats."""
+                   run_stats: dict[str, Any],
+                   shard_round: dict[str, int] | None = None,
+                   latest_round: dict[str, int] | None = None) -> dict[str, Any]:
+    """Write manifest, ledger, index and stats from the part records; return the stats.
+
+    ``shard_round``/``latest_round`` describe ``--retry-failed`` rounds: a ledger row of
+    a shard from round r is dropped when its key was retried in a later round, so every
+    input keeps exactly one ledger row (its latest outcome).
+    """
     from .ingest_task import part_name
 
     manifest_schema, ledger_schema = _schemas()
+    shard_round = shard_round or {}
+    latest_round = latest_round or {}
 
     def parts():
         for shard in shard_order:
             yield json.loads(storage.read_bytes(part_name(shard)))
 
+    def current(p: dict[str, Any]) -> list[dict[str, Any]]:
+        r = shard_round.get(p["shard"], 0)
+        return [row for row in p["ledger"] if latest_round.get(row["key"], 0) <= r]
+
     _write_parquet(storage, "manifest.parquet", (p["manifest"] for p in parts()),
                    manifest_schema)
     _write_parquet(storage, "ledger.parquet",
-                   [*(p["ledger"] for p in parts()), extra_ledger], ledger_schema)
+                   [*(current(p) for p in parts()), extra_ledger], ledger_schema)
 
     shard_infos = []
     per_shard = []
@@ -86,15 +99,15 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     fields: set[str] = set()
     modalities: Counter[str] = Counter()
     for p in parts():
-        totals["planned"] += p["planned"]
-        totals["ok"] += p["nsamples"]
-        totals["failed"] += p["planned"] - p["nsamples"]
+        sp = splits.setdefault(p["split"], {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
+        for row in current(p):
+            totals[row["status"]] += 1
+            if row["status"] == "failed":
+                failures[row["reason"]] += 1
+                sp["failed"] += 1
         totals["bytes_in"] += p["stats"]["bytes_in"]
         totals["bytes_out"] += p["stats"]["bytes_out"]
-        failures.update(p["failures"])
-        sp = splits.setdefault(p["split"], {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
         sp["samples"] += p["nsamples"]
-        sp["failed"] += p["planned"] - p["nsamples"]
         g = groups.setdefault(p["split"], set())
         for row in p["manifest"]:
             g.add(row["group"])
@@ -111,18 +124,19 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
                           **p["stats"]})
     for s, g in groups.items():
         splits[s]["groups"] = len(g)
-    dup = sum(1 for r in extra_ledger if r["status"] == "duplicate")
-    pre_failed = [r for r in extra_ledger if r["status"] == "failed"]
-    failures.update(r["reason"] for r in pre_failed)
+    for r in extra_ledger:
+        totals[r["status"]] += 1
+        if r["status"] == "failed":
+            failures[r["reason"]] += 1
     index = DatasetIndex(name=name, shards=tuple(shard_infos), fields=tuple(sorted(fields)),
                          splits=dict(sorted(splits.items())), config=config)
     storage.write_bytes("index.json", index.to_json())
-    inputs = totals["planned"] + len(extra_ledger)
-    failed = totals["failed"] + len(pre_failed)
+    inputs = totals["ok"] + totals["failed"] + totals["duplicate"]
     seconds = run_stats.get("seconds") or 0.0
     stats = {
-        "name": name, "inputs": inputs, "ok": totals["ok"], "failed": failed, "duplicate": dup,
-        "failure_rate": round(failed / inputs, 6) if inputs else 0.0,
+        "name": name, "inputs": inputs, "ok": totals["ok"], "failed": totals["failed"],
+        "duplicate": totals["duplicate"],
+        "failure_rate": round(totals["failed"] / inputs, 6) if inputs else 0.0,
         "failures_by_reason": dict(sorted(failures.items())),
         "modalities": dict(sorted(modalities.items())),
         "splits": dict(sorted(splits.items())), "shards": len(shard_infos),

@@ -22,11 +22,26 @@ from typing import Any, Protocol, TypeVar
 
 from ..errors import ConfigError, DependencyMissingError, JobError
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "make_executor"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "TaskLost", "make_executor"]
 
 A = TypeVar("A")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+
+
+class TaskLost:
+    """Result of a task whose worker died on every allowed attempt (Ray only).
+
+    Exceptions raised *by* a task are re-raised in the driver (its cause unwrapped);
+    a task that could not finish because its process died is reported, not raised, so
+    the job can account for its inputs and go on.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+    def __repr__(self) -> str:
+        return f"TaskLost({type(self.cause).__name__}: {self.cause})"
 
 
 class Executor(Protocol):
@@ -144,7 +159,21 @@ class RayExecutor:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 i = pending.pop(ref)
-                yield i, ray.get(ref)
+                yield i, self._get(ref)
+
+    def _get(self, ref: Any) -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from e  # the task's own error, e.g. JobError("disk full ...")
+            raise
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as e:
+            log.warning("task lost after %d retries: %s", self.max_retries, e)
+            return TaskLost(e)
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._registry import config_from_dict, config_to_dict
@@ -33,8 +33,8 @@ from ..media.video import VideoOptions
 from ..samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ..storage import Storage, open_input
 from .commit import commit_dataset
-from .executor import Executor, make_executor
-from .ingest_task import MediaOptions, ShardTask, part_name, run_shard_task
+from .executor import Executor, TaskLost, make_executor
+from .ingest_task import MediaOptions, ShardTask, run_shard_task, write_lost_part
 from .sources import InputItem, SourceOptions, collect_inputs
 
 __all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
@@ -223,24 +223,32 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
 
 def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None, *,
            executor: Executor | None = None, progress: bool = False, overwrite: bool = False,
-           storage_options: dict | None = None) -> IngestResult:
+           retry_failed: bool = False, storage_options: dict | None = None) -> IngestResult:
     """Turn ``sources`` into a dataset folder at ``out`` (local path or fsspec URL).
 
     Reruns with the same arguments resume: committed shards are skipped and the final
-    files equal an uninterrupted run's.  ``executor`` defaults to an embedded local Ray
-    cluster.  Raises SourceError/ConfigError before any work on bad sources or
-    arguments, JobError when the output cannot be written or was made with another
-    config, and FailureRateError (after committing) when too many inputs failed.
+    files equal an uninterrupted run's.  ``retry_failed=True`` re-attempts only the
+    inputs the ledger marks failed, in new shards.  ``executor`` defaults to an
+    embedded local Ray cluster.  Raises SourceError/ConfigError before any work on bad
+    sources or arguments, JobError when the output cannot be written or was made with
+    another config, and FailureRateError (after committing) when too many inputs failed.
 
     >>> r = ingest(["data/"], "out", IngestConfig(splits=(("train", .9), ("val", .1))),
     ...            executor=make_executor("local"))              # doctest: +SKIP
     """
     config = config or IngestConfig()
+    if overwrite and retry_failed:
+        raise ConfigError("--retry-failed and --overwrite exclude each other")
     t0 = time.perf_counter()
     storage = Storage(out, storage_options)
     items, ignored = collect_inputs(list(sources), config.sources)
     job = _fingerprint(config, sources)
+    if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
+        raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; run "
+                       "without --retry-failed first")
     _prepare_output(storage, job, overwrite)
+    for folder in ("", "shards", "_work", "_work/parts"):
+        storage.remove_temporaries(folder)  # what a killed run was writing
     own_executor = executor is None
     executor = executor or make_executor("ray")
     try:
@@ -248,21 +256,27 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         if config.dedup:
             items, dup_rows = _dedup(items, config, executor)
         shards = plan_shards(items, config)
+        rounds = _retry_rounds(storage, items, shards, config, retry_failed)
         media = MediaOptions(image=config.image, audio=config.audio, video=config.video,
                              max_file_bytes=config.max_file_bytes)
+        all_shards = shards + [s for r in rounds for s in r]
         done = set(n.removesuffix(".json") for n in storage.listdir("_work/parts"))
-        todo = [s for s in shards if s.name not in done]
+        todo = [s for s in all_shards if s.name not in done]
         tasks = [ShardTask(out=storage.root, storage_options=storage.storage_options,
                            shard=s.name, split=s.split, items=s.items, media=media)
                  for s in todo]
-        _run(tasks, executor, progress, total_shards=len(shards))
+        _run(tasks, executor, progress, total_shards=len(all_shards))
         name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
         run_stats = {"seconds": round(time.perf_counter() - t0, 3),
                      "executor": type(executor).__name__, "workers": executor.workers,
-                     "resumed_shards": len(shards) - len(todo),
-                     "ignored_files": len(ignored)}
-        stats = commit_dataset(storage, name=name, shard_order=[s.name for s in shards],
-                               extra_ledger=dup_rows, config=job, run_stats=run_stats)
+                     "resumed_shards": len(all_shards) - len(todo),
+                     "retry_rounds": len(rounds), "ignored_files": len(ignored)}
+        shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
+        latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
+                        for it in s.items}
+        stats = commit_dataset(storage, name=name, shard_order=[s.name for s in all_shards],
+                               extra_ledger=dup_rows, config=job, run_stats=run_stats,
+                               shard_round=shard_round, latest_round=latest_round)
     finally:
         if own_executor:
             executor.close()
@@ -276,6 +290,47 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     return result
 
 
+RETRIES_FILE = "_work/retries.json"
+
+
+def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[PlannedShard],
+                  config: IngestConfig, new_round: bool) -> list[list[PlannedShard]]:
+    """The ``--retry-failed`` rounds so far, plus a new one when asked.
+
+    A round's plan (shard names and keys) is saved before its tasks run, so a crashed
+    retry resumes with the same plan.  New shards continue each split's numbering.
+    """
+    doc = json.loads(storage.read_bytes(RETRIES_FILE)) if storage.exists(RETRIES_FILE) \
+        else {"rounds": []}
+    by_key = {it.key: it for it in items}
+    rounds = [[PlannedShard(s["name"], s["split"], tuple(by_key[k] for k in s["keys"]))
+               for s in r] for r in doc["rounds"]]
+    if not new_round:
+        return rounds
+    import pyarrow.parquet as pq
+
+    with storage.open_read("ledger.parquet") as f:
+        ledger = pq.read_table(f, columns=["key", "status"]).to_pylist()
+    failed = sorted(r["key"] for r in ledger if r["status"] == "failed" and r["key"] in by_key)
+    if not failed:
+        return rounds
+    used: dict[str, int] = {}
+    for s in base + [s for r in rounds for s in r]:
+        split, _, n = s.name.rpartition("-")
+        used[split] = max(used.get(split, -1), int(n))
+    planned = plan_shards([by_key[k] for k in failed], config)
+    renamed = []
+    for s in planned:
+        split, _, n = s.name.rpartition("-")
+        renamed.append(PlannedShard(f"{split}-{used.get(split, -1) + 1 + int(n):06d}", split,
+                                    s.items))
+    rounds.append(renamed)
+    doc["rounds"].append([{"name": s.name, "split": s.split, "keys": [i.key for i in s.items]}
+                          for s in renamed])
+    storage.write_bytes(RETRIES_FILE, json.dumps(doc, sort_keys=True).encode())
+    return rounds
+
+
 def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shards: int) -> None:
     from tqdm import tqdm
 
@@ -284,7 +339,9 @@ def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shard
     t0 = time.perf_counter()
     ok = failed = nbytes = 0
     try:
-        for _, res in executor.imap_unordered(run_shard_task, tasks):
+        for i, res in executor.imap_unordered(run_shard_task, tasks):
+            if isinstance(res, TaskLost):
+                res = write_lost_part(tasks[i], res.cause)
             ok += res.ok
             failed += res.failed
             nbytes += res.bytes_in
@@ -294,8 +351,3 @@ def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shard
             bar.update(1)
     finally:
         bar.close()
-
-
-def with_overrides(config: IngestConfig, **changes: Any) -> IngestConfig:
-    """A copy of ``config`` with top-level fields replaced (used by the CLI)."""
-    return replace(config, **changes)

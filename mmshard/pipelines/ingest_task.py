@@ -26,7 +26,8 @@ from ..storage import Storage, open_input
 from ..tario import TarWriter
 from .sources import InputItem
 
-__all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task"]
+__all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",
+           "write_lost_part"]
 
 log = logging.getLogger(__name__)
 PARTS_DIR = "_work/parts"
@@ -280,3 +281,18 @@ def _ledger(item: InputItem, task: ShardTask, status: str, reason: str, detail: 
             shard: str | None) -> dict[str, Any]:
     return {"source": item.source, "key": item.key, "status": status, "reason": reason,
             "detail": detail, "shard": shard, "split": task.split}
+
+
+def write_lost_part(task: ShardTask, cause: object) -> ShardResult:
+    """Account for a shard whose task died on every attempt: one failed ledger row per
+    input (reason ``worker_lost``), no tar.  ``--retry-failed`` can re-attempt them."""
+    storage = Storage(task.out, task.storage_options)
+    detail = f"task for shard {task.shard} died on every attempt: {cause}"
+    ledger = [_ledger(item, task, "failed", "worker_lost", detail, None) for item in task.items]
+    part = {"shard": task.shard, "split": task.split, "planned": len(task.items),
+            "nsamples": 0, "failures": {"worker_lost": len(task.items)}, "ledger": ledger,
+            "manifest": [], "stats": {"seconds": 0.0, "bytes_in": 0, "bytes_out": 0}}
+    storage.remove(f"shards/{task.shard}.tar")
+    storage.write_bytes(part_name(task.shard), json.dumps(part, sort_keys=True).encode())
+    return ShardResult(shard=task.shard, ok=0, failed=len(task.items), bytes_in=0, bytes_out=0,
+                       seconds=0.0)

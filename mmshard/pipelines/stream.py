@@ -1,0 +1,392 @@
+"""``mmshard.Loader``: deterministic, exactly resumable, equal-per-rank batch streaming.
+
+The main process plans every batch of the epoch (:mod:`.stream_plan`: a pure function
+of ``(seed, epoch, rank, world_size)``); workers (torch DataLoader processes over an
+IterableDataset) decode the batches assigned to them round-robin (batch ``i`` goes to
+worker ``i % num_workers``) and the main process puts them back in plan order.  So the
+batches do not depend on ``num_workers``, and ``state_dict()`` is just a position.
+
+A batch is a dict: decoded fields (``"image"`` (B, 3, H, W), ``"audio"``, ``"mel"``,
+``"cls"`` tensors; ``"txt"`` / ``"json"`` lists), ``"__key__"`` (list of str),
+``"__pad__"`` (bool tensor: True where the sample repeats one only to even out ranks,
+or replaces a skipped corrupt one), ``"__source__"`` (int64 dataset index, when
+mixing) and, with :class:`~mmshard.samplers.batching.NegativeCoBatching`,
+``"__neg_mask__"`` (B, B: ``[i, j]`` = j is a mined negative of i) and
+``"__pos_mask__"`` (B, B: same sample or same group, i.e. not a negative).
+
+>>> loader = Loader("data/ds", batch_size=32, seed=0,                 # doctest: +SKIP
+...                 decode=DecodeConfig(image=ImageDecode()), num_workers=4)
+>>> for epoch in range(3):                                            # doctest: +SKIP
+...     loader.set_epoch(epoch)
+...     for batch in loader:
+...         train_step(batch["image"], batch["txt"])
+>>> ckpt = loader.state_dict()   # resume later with loader.load_state_dict(ckpt)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMeta
+from ..samplers.mixing import Mixing
+from ..samplers.order import EpochOrder
+from .decode import DecodeConfig, collate, decode_sample
+from .stream_plan import EpochPlanner
+from .stream_source import (
+    DatasetSource,
+    ResolvedSource,
+    ShardListSource,
+    ShardReader,
+    resolve_source,
+)
+
+__all__ = ["ON_ERROR", "Loader"]
+
+ON_ERROR = ("raise", "skip")
+STATE_VERSION = 1
+SourceLike = str | DatasetSource | ShardListSource
+
+
+def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    r, w = 0, 1
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return (r if rank is None else rank), (w if world_size is None else world_size)
+
+
+def _merge_meta(sources: Sequence[ResolvedSource]) -> SampleMeta:
+    metas = [s.meta for s in sources]
+    total = sum(m.num_samples for m in metas)
+    if len(metas) == 1:
+        return metas[0]
+
+    def cat(name: str, fill: int | None) -> np.ndarray | None:
+        parts = []
+        for m in metas:
+            a = getattr(m, name)
+            if a is None:
+                if fill is None:
+                    return None
+                a = np.full(m.num_samples, fill, dtype=np.int64)
+            parts.append(a)
+        return np.concatenate(parts)
+
+    groups = None
+    if all(m.groups is not None for m in metas):
+        off, parts = 0, []
+        for m in metas:
+            g = m.groups.copy()  # type: ignore[union-attr]
+            g[g >= 0] += off
+            off = max(off, int(g.max()) + 1) if g.size else off
+            parts.append(g)
+        groups = np.concatenate(parts)
+    source = np.concatenate([np.full(m.num_samples, d, dtype=np.int64)
+                             for d, m in enumerate(metas)])
+    return SampleMeta(num_samples=total, keys=cat("keys", None), groups=groups,
+                      width=cat("width", 0), height=cat("height", 0), source=source)
+
+
+class _BatchWork:
+    """Decodes planned batches; picklable into DataLoader workers (readers reopen)."""
+
+    def __init__(self, sources: Sequence[ResolvedSource], decode: DecodeConfig,
+                 on_error: str, meta: SampleMeta, mixing: bool) -> None:
+        self.readers = [ShardReader(s) for s in sources]
+        self.decode = decode
+        self.on_error = on_error
+        self.meta_groups = meta.groups
+        self.mixing = mixing
+        starts, owner, local = [0], [], []
+        for d, s in enumerate(sources):
+            for i, c in enumerate(s.counts):
+                starts.append(starts[-1] + c)
+                owner.append(d)
+                local.append(i)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.owner = owner
+        self.local = local
+
+    def load(self, pb: PlannedBatch) -> dict[str, Any]:
+        import torch
+
+        shards = np.searchsorted(self.starts, pb.ids, side="right") - 1
+        decoded: list[dict[str, Any] | None] = []
+        keys: list[str] = []
+        pads = pb.pad.tolist()
+        errors: Counter[str] = Counter()
+        bad_keys: list[str] = []
+        for gid, sh in zip(pb.ids.tolist(), shards.tolist(), strict=True):
+            raw = self.readers[self.owner[sh]].read(self.local[sh], gid - int(self.starts[sh]))
+            keys.append(raw["__key__"])
+            try:
+                decoded.append(decode_sample(raw, self.decode, size_hint=pb.size))
+            except DataError as e:
+                if self.on_error == "raise":
+                    raise
+                errors[e.reason] += 1
+                bad_keys.append(f"{e.shard}:{e.key}")
+                decoded.append(None)
+        good = [i for i, d in enumerate(decoded) if d is not None]
+        if not good:
+            raise DataError("batch_all_corrupt", f"every sample of a batch failed to decode: "
+                            f"{bad_keys[:5]}")
+        for n, i in enumerate(i for i, d in enumerate(decoded) if d is None):
+            src = good[n % len(good)]  # keep the batch shape: repeat a good one, flag it
+            decoded[i] = decoded[src]
+            keys[i] = keys[src]
+            pads[i] = True
+        batch = collate(decoded)  # type: ignore[arg-type]
+        batch["__key__"] = keys
+        batch["__pad__"] = torch.tensor(pads, dtype=torch.bool)
+        if self.mixing:
+            batch["__source__"] = torch.as_tensor(self._sources(pb.ids))
+        if pb.neg_pairs is not None:
+            b = len(keys)
+            neg = torch.zeros(b, b, dtype=torch.bool)
+            if pb.neg_pairs.size:
+                p = torch.as_tensor(pb.neg_pairs)
+                neg[p[:, 0], p[:, 1]] = True
+            if self.meta_groups is not None:
+                g = torch.as_tensor(self.meta_groups[pb.ids])
+                pos = (g[:, None] == g[None, :]) & (g[:, None] >= 0)
+            else:
+                pos = torch.zeros(b, b, dtype=torch.bool)
+            ids = torch.as_tensor(pb.ids)
+            pos |= ids[:, None] == ids[None, :]
+            batch["__neg_mask__"] = neg
+            batch["__pos_mask__"] = pos
+        batch["__stats__"] = {"skipped": sum(errors.values()), "errors": dict(errors)}
+        return batch
+
+    def _sources(self, ids: np.ndarray) -> np.ndarray:
+        shards = np.searchsorted(self.starts, ids, side="right") - 1
+        return np.asarray(self.owner, dtype=np.int64)[shards]
+
+
+class Loader:
+    """Stream batches from one dataset or a weighted mixture, equal work on every rank.
+
+    ``datasets``: a dataset folder path, a :class:`DatasetSource` /
+    :class:`ShardListSource`, or a list of them (mixed with ``weights``, default
+    equal).  ``batching``: :class:`FixedBatching` (default), ``BucketBatching``,
+    ``GroupAwareBatching`` or ``NegativeCoBatching``.  ``shuffle=False`` is evaluation
+    mode: shard order, and with ``pad_policy="wrap"`` every sample exactly once across
+    ranks, the padding flagged in ``"__pad__"``.  ``on_error="skip"`` replaces a sample
+    that fails to decode by a flagged copy of another one in its batch and counts it in
+    ``stats``; ``"raise"`` stops with a DataError naming the shard and key.
+    ``pin_memory=None`` pins when CUDA is available; ``device="cuda"`` copies each
+    batch on a side stream one batch ahead.  ``len(loader)`` is the number of batches
+    this rank yields per epoch.  Changing ``world_size`` between ``state_dict`` and
+    ``load_state_dict`` continues the epoch with no sample lost or repeated (single
+    dataset).
+    """
+
+    def __init__(self, datasets: SourceLike | Sequence[SourceLike], *, batch_size: int,
+                 seed: int, rank: int | None = None, world_size: int | None = None,
+                 num_workers: int = 0, split: str | None = "train", shuffle: bool = True,
+                 shuffle_buffer: int | None = 2000, pad_policy: str = "wrap",
+                 drop_last: bool = False, weights: Sequence[float] | None = None,
+                 stratify: bool = False, samples_per_epoch: int | None = None,
+                 batching: Batching | None = None, decode: DecodeConfig | None = None,
+                 on_error: str = "raise", pin_memory: bool | None = None, prefetch: int = 2,
+                 device: str | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if on_error not in ON_ERROR:
+            raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        if prefetch < 1:
+            raise ConfigError(f"prefetch must be >= 1, got {prefetch}")
+        self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"need 0 <= rank < world_size, got {self.rank}/{self.world_size}")
+        srcs = [datasets] if isinstance(datasets, (str, DatasetSource, ShardListSource)) \
+            else list(datasets)
+        if not srcs:
+            raise ConfigError("Loader needs at least one dataset")
+        self.sources = [resolve_source(s, split=split) for s in srcs]
+        mixing = None
+        if len(self.sources) > 1 or weights is not None:
+            w = tuple(weights) if weights is not None else (1.0,) * len(self.sources)
+            if len(w) != len(self.sources):
+                raise ConfigError(f"{len(w)} weights for {len(self.sources)} datasets")
+            mixing = Mixing(weights=w, stratify=stratify, samples_per_epoch=samples_per_epoch)
+        if mixing is not None and mixing.stratify and batching is not None and \
+                not isinstance(batching, FixedBatching):
+            raise ConfigError("stratify=True needs FixedBatching (quotas are per batch)")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.decode = decode or DecodeConfig()
+        self.batching = batching or FixedBatching()
+        self.pin_memory = pin_memory
+        self.prefetch = prefetch
+        self.device = device
+        self.meta = _merge_meta(self.sources)
+        self.planner = EpochPlanner(
+            counts=[s.counts for s in self.sources], meta=self.meta,
+            order=EpochOrder(seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                             pad_policy=pad_policy),
+            batching=self.batching, batch_size=batch_size, drop_last=drop_last,
+            mixing=mixing)
+        self._work = _BatchWork(self.sources, self.decode, on_error, self.meta,
+                                mixing is not None)
+        self._epoch = 0
+        self._done = 0
+        self._segments: list[tuple[int, int]] = []
+        self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "padded": 0, "skipped": 0,
+                                      "errors": {}, "time_to_first_batch_s": None}
+
+    # -- plan and position ---------------------------------------------------------------
+    def _plan(self) -> list[PlannedBatch]:
+        return self.planner.rank_plan(epoch=self._epoch, rank=self.rank,
+                                      world_size=self.world_size, segments=self._segments)
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning; the current epoch keeps its position (so a
+        resumed loop may call ``set_epoch`` with the resumed epoch)."""
+        if epoch != self._epoch:
+            self._epoch, self._done, self._segments = int(epoch), 0, []
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "seed": self.seed,
+                "num_samples": [s.num_samples for s in self.sources],
+                "batching": type(self.batching).__name__,
+                "order": [self.planner.order.shuffle, self.planner.order.shuffle_buffer,
+                          self.planner.order.pad_policy, self.planner.drop_last]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position: epoch, batches yielded this epoch, world size, elastic segments."""
+        return {"version": STATE_VERSION, "epoch": self._epoch, "batches_done": self._done,
+                "world_size": self.world_size,
+                "segments": [list(s) for s in self._segments],
+                "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a :meth:`state_dict` position (any ``num_workers``; another world
+        size continues the epoch over the samples not yet read)."""
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"loader state version {state.get('version')!r} is not "
+                              f"{STATE_VERSION}: it comes from another mmshard version")
+        mine, theirs = self._fingerprint(), state.get("fingerprint", {})
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise ConfigError(f"loader state was saved with other settings ({', '.join(diff)}"
+                              f"): saved {[theirs.get(k) for k in diff]}, now "
+                              f"{[mine[k] for k in diff]}")
+        self._epoch = int(state["epoch"])
+        self._done = int(state["batches_done"])
+        self._segments = [(int(a), int(b)) for a, b in state.get("segments", [])]
+        if int(state["world_size"]) != self.world_size and self._done:
+            self._segments.append((int(state["world_size"]), self._done))
+            self._done = 0
+
+    # -- iteration -----------------------------------------------------------------------
+    def _fetch(self, plan: list[PlannedBatch], start: int) -> Iterator[dict[str, Any]]:
+        if self.num_workers == 0:
+            for i in range(start, len(plan)):
+                yield self._work.load(plan[i])
+            return
+        import torch
+        import torch.utils.data as tud
+
+        from .stream_worker import PlannedBatches
+
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        dl = tud.DataLoader(PlannedBatches(self._work, plan, start), batch_size=None,
+                            num_workers=self.num_workers, pin_memory=pin,
+                            prefetch_factor=self.prefetch, persistent_workers=False)
+        waiting: dict[int, dict[str, Any]] = {}
+        nxt = start
+        for i, batch in dl:  # round-robin already; the buffer makes the order certain
+            waiting[int(i)] = batch
+            while nxt in waiting:
+                yield waiting.pop(nxt)
+                nxt += 1
+        if nxt != len(plan):
+            raise DataError("lost_batch", f"workers delivered batches up to {nxt}, plan "
+                            f"has {len(plan)}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan = self._plan()
+        if self._done >= len(plan):  # finished epoch: the next pass is the next epoch
+            self._epoch, self._done, self._segments = self._epoch + 1, 0, []
+            plan = self._plan()
+        t0 = time.perf_counter()
+        first = True
+        it = self._stats_and_strip(self._fetch(plan, self._done))
+        if self.device is not None and str(self.device).startswith("cuda"):
+            it = _cuda_prefetch(it, self.device)
+        for batch in it:
+            self._done += 1
+            if first:
+                self.stats["time_to_first_batch_s"] = time.perf_counter() - t0
+                first = False
+            yield batch
+
+    def _stats_and_strip(self, it: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in it:
+            st = batch.pop("__stats__")
+            self.stats["batches"] += 1
+            self.stats["samples"] += len(batch["__key__"])
+            self.stats["padded"] += int(batch["__pad__"].sum())
+            self.stats["skipped"] += st["skipped"]
+            for k, v in st["errors"].items():
+                self.stats["errors"][k] = self.stats["errors"].get(k, 0) + v
+            yield batch
+
+
+def _cuda_prefetch(it: Iterator[dict[str, Any]], device: str) -> Iterator[dict[str, Any]]:
+    """Copy batch i+1 to the GPU on a side stream while batch i is in use."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available: use device=None")
+    stream = torch.cuda.Stream(device=device)
+
+    def move(b: dict[str, Any]) -> dict[str, Any]:
+        with torch.cuda.stream(stream):
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in b.items()}
+
+    ready: dict[str, Any] | None = None
+    for b in it:
+        nxt = move(b)
+        if ready is not None:
+            yield _sync(ready, stream)
+        ready = nxt
+    if ready is not None:
+        yield _sync(ready, stream)
+
+
+def _sync(b: dict[str, Any], stream: Any) -> dict[str, Any]:
+    import torch
+
+    cur = torch.cuda.current_stream(stream.device)
+    cur.wait_stream(stream)
+    for v in b.values():
+        if isinstance(v, torch.Tensor):
+            v.record_stream(cur)
+    return b

@@ -1,0 +1,318 @@
+"""Where the loader's samples come from: dataset folders or plain WebDataset shard lists.
+
+A source is resolved once (in the main process) into a :class:`ResolvedSource`: the
+shard URLs, their sample counts, sidecar shard URLs and per-sample metadata
+(:class:`~mmshard.samplers.batching.SampleMeta`).  Samples are then read by position
+``(shard, offset)`` with :class:`ShardReader`, which indexes each tar's member headers
+once (a header scan: seeks, no payload reads) and reads members by offset, joining
+sidecar fields by key.  Readers hold open files, so each worker process builds its own
+(they pickle without their caches).
+
+- :class:`DatasetSource`: an mmshard dataset folder; counts from ``index.json``, keys,
+  groups and image sizes from ``manifest.parquet`` (row order within a shard = tar
+  order, or an ``offset`` column when present), sidecars (``mel/`` ...) joined by key.
+- :class:`ShardListSource`: any list of WebDataset tar paths/URLs.  Sample counts come
+  from ``nsamples`` when given, else from a counting pass over the tars' headers (which
+  also yields the keys).  No groups or sizes: group-aware and bucket batching need a
+  dataset folder.
+
+>>> ShardListSource(urls=("a.tar",), nsamples=(3,)).urls
+('a.tar',)
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from ..dataset import open_dataset
+from ..errors import ConfigError, ShardError
+from ..samplers.batching import SampleMeta
+from ..storage import open_input
+from ..tario import split_member_name
+
+__all__ = ["DatasetSource", "ResolvedSource", "ShardListSource", "ShardReader", "TarIndex",
+           "resolve_source"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    """An mmshard dataset folder (local path or fsspec URL) and the split to read.
+
+    ``field_sets``: sidecar field sets to join (``("mel",)``); None joins all present.
+    """
+
+    root: str
+    split: str | None = "train"
+    field_sets: tuple[str, ...] | None = None
+    storage_options: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardListSource:
+    """Plain WebDataset tars (paths or fsspec URLs), with optional known counts."""
+
+    urls: tuple[str, ...]
+    nsamples: tuple[int, ...] | None = None
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "urls", tuple(self.urls))
+        if not self.urls:
+            raise ConfigError("ShardListSource needs at least one tar URL")
+        if self.nsamples is not None:
+            object.__setattr__(self, "nsamples", tuple(int(n) for n in self.nsamples))
+            if len(self.nsamples) != len(self.urls) or min(self.nsamples) < 0:
+                raise ConfigError(f"nsamples must give one count >= 0 per url: "
+                                  f"{len(self.urls)} urls, nsamples={self.nsamples}")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ResolvedSource:
+    """A source ready to plan and read: shard urls, counts, sidecars, metadata."""
+
+    name: str
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    sidecars: dict[str, tuple[str, ...]]
+    meta: SampleMeta
+    storage_options: dict | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+
+class TarIndex:
+    """Member offsets of one tar, grouped by sample in tar order."""
+
+    def __init__(self, keys: list[str], members: list[dict[str, tuple[int, int]]]) -> None:
+        self.keys = keys
+        self.members = members
+        self._pos: dict[str, int] | None = None
+
+    @classmethod
+    def scan(cls, f: IO[bytes], url: str) -> TarIndex:
+        keys: list[str] = []
+        members: list[dict[str, tuple[int, int]]] = []
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, fld = split_member_name(info.name)
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+                        members.append({})
+                    members[-1][fld] = (info.offset_data, info.size)
+        except (tarfile.TarError, OSError) as e:
+            raise ShardError(f"cannot index tar {url}: {e}") from e
+        return cls(keys, members)
+
+    def position(self, key: str) -> int | None:
+        if self._pos is None:
+            self._pos = {k: i for i, k in enumerate(self.keys)}
+        return self._pos.get(key)
+
+
+class ShardReader:
+    """Random access to samples of one resolved source by ``(shard, offset)``.
+
+    >>> r = ShardReader(resolve_source(ShardListSource(urls=(p,))))   # doctest: +SKIP
+    >>> r.read(0, 0)["__key__"]                                          # doctest: +SKIP
+    """
+
+    def __init__(self, source: ResolvedSource, max_open: int = 16) -> None:
+        self.source = source
+        self.max_open = max_open
+        self._index: dict[str, TarIndex] = {}
+        self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source, "max_open": self.max_open}
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__init__(d["source"], d["max_open"])  # type: ignore[misc]
+
+    def _file(self, url: str) -> IO[bytes]:
+        f = self._files.get(url)
+        if f is not None:
+            self._files.move_to_end(url)
+            return f
+        try:
+            f = open_input(url, self.source.storage_options)
+        except OSError as e:
+            raise ShardError(f"cannot open shard {url}: {e}") from e
+        self._files[url] = f
+        while len(self._files) > self.max_open:
+            self._files.popitem(last=False)[1].close()
+        return f
+
+    def index(self, url: str) -> TarIndex:
+        idx = self._index.get(url)
+        if idx is None:
+            f = self._file(url)
+            f.seek(0)
+            idx = self._index[url] = TarIndex.scan(f, url)
+        return idx
+
+    def _read_members(self, url: str, members: dict[str, tuple[int, int]], key: str
+                      ) -> dict[str, bytes]:
+        f = self._file(url)
+        out = {}
+        try:
+            for fld, (off, size) in members.items():
+                f.seek(off)
+                data = f.read(size)
+                if len(data) != size:
+                    raise ShardError(f"truncated member {key}.{fld} in {url}")
+                out[fld] = data
+        except OSError as e:
+            raise ShardError(f"cannot read {key} from {url}: {e}") from e
+        return out
+
+    def read(self, shard: int, offset: int) -> dict[str, Any]:
+        """``{"__key__", "__url__", field: bytes}`` of one sample, sidecars joined."""
+        url = self.source.urls[shard]
+        idx = self.index(url)
+        if offset >= len(idx.keys):
+            raise ShardError(f"{url} has {len(idx.keys)} samples, index.json says "
+                             f"{self.source.counts[shard]}: the index is stale")
+        key = idx.keys[offset]
+        meta_keys = self.source.meta.keys
+        if meta_keys is not None:
+            want = str(meta_keys[self._global(shard, offset)])
+            if want != key:
+                raise ShardError(
+                    f"{url} holds {key!r} at position {offset} but the manifest says "
+                    f"{want!r}: manifest rows must follow tar order (or carry an 'offset')")
+        sample: dict[str, Any] = {"__key__": key, "__url__": url}
+        sample.update(self._read_members(url, idx.members[offset], key))
+        for _name, side_urls in self.source.sidecars.items():
+            surl = side_urls[shard]
+            sidx = self.index(surl)
+            pos = offset if offset < len(sidx.keys) and sidx.keys[offset] == key \
+                else sidx.position(key)
+            if pos is None:
+                raise ShardError(f"sidecar {surl} has no sample {key!r}: re-run the transform")
+            for fld, data in self._read_members(surl, sidx.members[pos], key).items():
+                sample.setdefault(fld, data)
+        return sample
+
+    def _global(self, shard: int, offset: int) -> int:
+        starts = getattr(self, "_starts", None)
+        if starts is None:
+            starts = self._starts = np.concatenate([[0], np.cumsum(self.source.counts)])
+        return int(starts[shard]) + offset
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def resolve_source(src: DatasetSource | ShardListSource | str, *, split: str | None = "train"
+                   ) -> ResolvedSource:
+    """Turn a source (or a dataset folder path) into a :class:`ResolvedSource`."""
+    if isinstance(src, str):
+        src = DatasetSource(root=src, split=split)
+    if isinstance(src, ShardListSource):
+        return _resolve_list(src)
+    if isinstance(src, DatasetSource):
+        return _resolve_dataset(src)
+    raise ConfigError(f"a loader source must be a dataset folder path, DatasetSource or "
+                      f"ShardListSource, got {type(src).__name__}")
+
+
+def _resolve_list(src: ShardListSource) -> ResolvedSource:
+    if src.nsamples is not None:
+        return ResolvedSource(name="shardlist", urls=src.urls, counts=src.nsamples,
+                              sidecars={}, meta=SampleMeta(num_samples=sum(src.nsamples)),
+                              storage_options=src.storage_options)
+    reader = ShardReader(ResolvedSource(name="scan", urls=src.urls, counts=(), sidecars={},
+                                        meta=SampleMeta(num_samples=0),
+                                        storage_options=src.storage_options))
+    keys: list[str] = []
+    counts = []
+    for url in src.urls:  # counting pass: header scan only
+        idx = reader.index(url)
+        counts.append(len(idx.keys))
+        keys.extend(idx.keys)
+    reader.close()
+    return ResolvedSource(name="shardlist", urls=src.urls, counts=tuple(counts), sidecars={},
+                          meta=SampleMeta(num_samples=len(keys), keys=np.asarray(keys,
+                                          dtype=object)),
+                          storage_options=src.storage_options)
+
+
+def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
+    ds = open_dataset(src.root, src.storage_options)
+    shards = ds.shards(src.split)
+    if not shards:
+        splits = sorted({s.split for s in ds.index.shards})
+        raise ConfigError(f"dataset {ds.root} has no shards for split {src.split!r}; "
+                          f"splits present: {', '.join(splits) or 'none'}")
+    urls = tuple(ds.shard_url(s) for s in shards)
+    counts = tuple(s.nsamples for s in shards)
+    side = ds.sidecars()
+    wanted = sorted(side) if src.field_sets is None else list(src.field_sets)
+    sidecars: dict[str, tuple[str, ...]] = {}
+    for name in wanted:
+        if name not in side:
+            raise ConfigError(f"dataset {ds.root} has no sidecar field set {name!r}; "
+                              f"present: {', '.join(sorted(side)) or 'none'}")
+        have = {s.url.rsplit("/", 1)[-1] for s in side[name].shards}
+        missing = [s.url for s in shards if s.url.rsplit("/", 1)[-1] not in have]
+        if missing:
+            if src.field_sets is None:
+                continue  # a partial sidecar set is joined only when asked for
+            raise ShardError(f"sidecar {name!r} lacks shards {missing[:3]}: run its transform")
+        sidecars[name] = tuple(ds.shard_url(s, name) for s in shards)
+    meta = _manifest_meta(ds, shards)
+    return ResolvedSource(name=ds.index.name or ds.root, urls=urls, counts=counts,
+                          sidecars=sidecars, meta=meta, storage_options=src.storage_options)
+
+
+def _manifest_meta(ds: Any, shards: Sequence[Any]) -> SampleMeta:
+    total = sum(s.nsamples for s in shards)
+    if not ds.storage.exists("manifest.parquet"):
+        return SampleMeta(num_samples=total)
+    table = ds.read_table("manifest")
+    cols = set(table.column_names)
+    if not {"key", "shard"} <= cols:
+        return SampleMeta(num_samples=total)
+    data = table.to_pydict()
+    where: dict[str, int] = {}
+    for i, s in enumerate(shards):
+        base = s.url.rsplit("/", 1)[-1]
+        for name in (s.url, base, base.removesuffix(".tar")):
+            where[name] = i
+    rows: list[list[int]] = [[] for _ in shards]
+    for r, sh in enumerate(data["shard"]):
+        i = where.get(str(sh), where.get(str(sh).rsplit("/", 1)[-1]))
+        if i is not None:
+            rows[i].append(r)
+    if "offset" in cols:
+        rows = [sorted(rr, key=lambda r: data["offset"][r]) for rr in rows]
+    for i, s in enumerate(shards):
+        if len(rows[i]) != s.nsamples:
+            raise ShardError(f"manifest.parquet has {len(rows[i])} rows for shard {s.url} "
+                             f"but index.json says {s.nsamples}: the dataset is inconsistent")
+    order = [r for rr in rows for r in rr]
+    keys = np.asarray([str(data["key"][r]) for r in order], dtype=object)
+    groups = None
+    if "group" in cols:
+        g = [data["group"][r] for r in order]
+        uniq: dict[str, int] = {}
+        groups = np.asarray([-1 if x in (None, "") else uniq.setdefault(str(x), len(uniq))
+                             for x in g], dtype=np.int64)
+    width = height = None
+    if "width" in cols and "height" in cols:
+        width = np.asarray([data["width"][r] or 0 for r in order], dtype=np.int64)
+        height = np.asarray([data["height"][r] or 0 for r in order], dtype=np.int64)
+    return SampleMeta(num_samples=total, keys=keys, groups=groups, width=width, height=height)

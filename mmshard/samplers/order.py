@@ -1,0 +1,169 @@
+"""Seeded epoch order: shard shuffle, equal per-rank partition, buffered sample shuffle.
+
+Everything here is a pure function of ``(seed, epoch, rank, world_size)`` (plus an
+optional ``salt`` used by mixing and elastic resume), so a resumed or restarted job
+recomputes exactly the same order; the only state to checkpoint is a position.
+
+Samples are numbered by *global id*: shard ``s`` holds ids
+``starts[s] .. starts[s] + counts[s] - 1`` in tar order.  One epoch is planned as:
+
+1. shard order: a seeded permutation of the shards (identity when ``shuffle=False``);
+2. the global list: every sample id, shard after shard, in that order;
+3. equal work: the list is padded by wrapping around (``pad_policy="wrap"``, the extra
+   entries flagged as padding) or cut (``"drop"``) to a multiple of ``world_size``;
+4. partition: rank ``r`` gets the ``r``-th contiguous slice (few shards per rank, so
+   reads stay local);
+5. buffered shuffle: a WebDataset-style shuffle buffer over the rank's slice, seeded per
+   ``(seed, epoch, rank)``.
+
+>>> order = EpochOrder(seed=0, shuffle=False)
+>>> ids, pad = order.rank_order([3, 2], epoch=0, rank=1, world_size=2)
+>>> ids.tolist(), pad.tolist()
+([3, 4, 0], [False, False, True])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["PAD_POLICIES", "EpochOrder", "buffered_shuffle", "make_rng", "shard_permutation"]
+
+PAD_POLICIES = ("wrap", "drop")
+_MASK64 = (1 << 64) - 1
+
+
+def make_rng(seed: int, *parts: int) -> np.random.Generator:
+    """A numpy Generator seeded by ``seed`` and any non-negative ints (epoch, rank, ...).
+
+    >>> int(make_rng(1, 2, 3).integers(100)) == int(make_rng(1, 2, 3).integers(100))
+    True
+    """
+    return np.random.default_rng([int(seed) & _MASK64, *(int(p) & _MASK64 for p in parts)])
+
+
+def shard_permutation(num_shards: int, *, seed: int, epoch: int, shuffle: bool = True,
+                      salt: Sequence[int] = ()) -> np.ndarray:
+    """The order shards are read in this epoch (the same on every rank).
+
+    >>> sorted(shard_permutation(4, seed=0, epoch=0).tolist())
+    [0, 1, 2, 3]
+    """
+    if not shuffle:
+        return np.arange(num_shards, dtype=np.int64)
+    return make_rng(seed, 0x5A4D, epoch, *salt).permutation(num_shards).astype(np.int64)
+
+
+def buffered_shuffle(n: int, *, buffer_size: int | None, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """A permutation of ``range(n)`` as a shuffle buffer of ``buffer_size`` would emit it.
+
+    ``buffer_size=None`` is a full shuffle; ``<= 1`` keeps the order.  An item can move
+    at most ``buffer_size - 1`` places earlier, so reads stay close to the shard order.
+
+    >>> sorted(buffered_shuffle(5, buffer_size=2, rng=make_rng(0)).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    if buffer_size is None:
+        return rng.permutation(n).astype(np.int64)
+    if buffer_size <= 1 or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    picks = rng.integers(0, 1 << 62, size=n).tolist()
+    buf = list(range(min(buffer_size, n)))
+    nxt = len(buf)
+    for i in range(n):
+        j = picks[i] % len(buf)
+        out[i] = buf[j]
+        if nxt < n:
+            buf[j] = nxt
+            nxt += 1
+        else:
+            buf[j] = buf[-1]
+            buf.pop()
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochOrder:
+    """How one rank's samples are chosen and ordered each epoch.
+
+    ``shuffle=False`` is evaluation order: shards in index order, no sample shuffle;
+    with ``pad_policy="wrap"`` every sample is read exactly once across ranks (plus
+    flagged padding).  ``shuffle_buffer=None`` shuffles a rank's whole slice.
+
+    >>> EpochOrder(seed=1, pad_policy="drop").rank_order([5, 1], epoch=0, rank=0,
+    ...     world_size=2)[0].size
+    3
+    """
+
+    seed: int
+    shuffle: bool = True
+    shuffle_buffer: int | None = 2000
+    pad_policy: str = "wrap"
+
+    def __post_init__(self) -> None:
+        if self.pad_policy not in PAD_POLICIES:
+            raise ConfigError(
+                f"pad_policy must be one of {', '.join(PAD_POLICIES)}, got {self.pad_policy!r}"
+            )
+        if self.shuffle_buffer is not None and self.shuffle_buffer < 0:
+            raise ConfigError(f"shuffle_buffer must be >= 0 or None, got {self.shuffle_buffer}")
+
+    def global_order(self, counts: Sequence[int], *, epoch: int,
+                     salt: Sequence[int] = ()) -> np.ndarray:
+        """All global ids, shard after shard in this epoch's shard order."""
+        counts_a = np.asarray(counts, dtype=np.int64)
+        if counts_a.ndim != 1 or (counts_a < 0).any():
+            raise ConfigError(f"shard sample counts must be >= 0, got {list(counts)}")
+        starts = np.concatenate([[0], np.cumsum(counts_a)[:-1]]).astype(np.int64)
+        perm = shard_permutation(len(counts_a), seed=self.seed, epoch=epoch,
+                                 shuffle=self.shuffle, salt=salt)
+        parts = [np.arange(starts[s], starts[s] + counts_a[s], dtype=np.int64) for s in perm]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def per_rank(self, total: int, world_size: int) -> int:
+        """Samples each rank gets from ``total`` under this pad policy."""
+        if total <= 0:
+            raise ConfigError("the dataset selection has no samples: check the split and paths")
+        if self.pad_policy == "wrap":
+            return -(-total // world_size)
+        if total < world_size:
+            raise ConfigError(
+                f"pad_policy='drop' with {total} samples and world_size={world_size} leaves "
+                "no sample per rank: use pad_policy='wrap' or fewer ranks"
+            )
+        return total // world_size
+
+    def rank_order(self, counts: Sequence[int], *, epoch: int, rank: int, world_size: int,
+                   exclude: Iterable[int] | np.ndarray | None = None,
+                   salt: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, pad)`` for one rank: the same length on every rank.
+
+        ``exclude`` removes ids already consumed (elastic resume); ``pad[i]`` is True
+        where ``ids[i]`` repeats a sample only to even out the ranks.
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, "
+                              f"world_size={world_size}")
+        order = self.global_order(counts, epoch=epoch, salt=salt)
+        if exclude is not None:
+            ex = np.fromiter(exclude, dtype=np.int64) if not isinstance(exclude, np.ndarray) \
+                else exclude.astype(np.int64)
+            if ex.size:
+                order = order[~np.isin(order, ex)]
+        n = self.per_rank(order.size, world_size)
+        padded = np.resize(order, n * world_size)  # np.resize repeats cyclically
+        pad = np.zeros(n * world_size, dtype=bool)
+        pad[order.size:] = True
+        ids = padded[rank * n:(rank + 1) * n]
+        pad = pad[rank * n:(rank + 1) * n]
+        if self.shuffle:
+            perm = buffered_shuffle(n, buffer_size=self.shuffle_buffer,
+                                    rng=make_rng(self.seed, 0x0BDE, epoch, rank, *salt))
+            ids, pad = ids[perm], pad[perm]
+        return ids, pad
