@@ -13,13 +13,17 @@ commands:
   ingest   raw media + captions -> WebDataset shards   (mmshard ingest photos/ --out ds)
   inspect  summarise a dataset                          (mmshard inspect ds)
   verify   re-read and cross-check a dataset            (mmshard verify ds)
+  tokenize derived fields as sidecar shards             (mmshard tokenize ds --fields mel)
+  fit-codebook  k-means codebook on a field             (mmshard fit-codebook ds --field mfcc --k 500 --out cb.safetensors)
+  embed    embeddings of a field as a sidecar           (mmshard embed ds --encoder pixels --field jpg)
+  mine     FAISS hard negatives                         (mmshard mine --queries q --corpus c --out neg.parquet)
   demo     the whole pipeline on a generated corpus     (mmshard demo /tmp/mmshard-demo)
 Run `mmshard <command> --help` for its options and examples.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo_cmd, ingest_cmd, inspect_cmd
+    from . import demo_cmd, embed_cmd, ingest_cmd, inspect_cmd, mine_cmd, tokenize_cmd
 
     p = argparse.ArgumentParser(prog="mmshard", description="The data layer for multimodal "
                                 "training.", epilog=EPILOG,
@@ -28,8 +32,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ingest_cmd.add_parser(sub)
     inspect_cmd.add_parsers(sub)
+    tokenize_cmd.add_parsers(sub)
+    embed_cmd.add_parser(sub)
+    _add_mine(sub, mine_cmd)
     demo_cmd.add_parser(sub)
     return p
+
+
+def _add_mine(sub: argparse._SubParsersAction, mine_cmd) -> None:
+    p = sub.add_parser("mine", help="FAISS hard-negative mining with false-negative guards",
+                       description="Mine hard negatives for contrastive training from query "
+                                   "and corpus embeddings.", epilog=mine_cmd.EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    mine_cmd.add_cli_arguments(p)
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where query chunks run (default local; ray: one task per chunk)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from ..pipelines.mine import mine
+        from ._common import make_executor_from_args
+
+        config = mine_cmd.config_from_args(args)
+        executor = make_executor_from_args(args)
+        try:
+            result = mine(config, executor=executor, progress=not args.no_progress)
+        finally:
+            executor.close()
+        summary = getattr(result, "summary", None)
+        print(json.dumps(summary, indent=1, default=str) if summary is not None else result)
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:

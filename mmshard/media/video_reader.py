@@ -545,8 +545,9 @@ class _OpenCVBackend(_Backend):
     _FORWARD = 24  # read forward instead of seeking when the target is this close
 
     def __init__(self, src: str | bytes) -> None:
-        import cv2
         import tempfile
+
+        import cv2
 
         codec = _codec_name(src)
         self._tmp: str | None = None

@@ -247,8 +247,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; run "
                        "without --retry-failed first")
     _prepare_output(storage, job, overwrite)
-    for folder in ("", "shards", "_work", "_work/parts"):
-        storage.remove_temporaries(folder)  # what a killed run was writing
+    _clean_temporaries(storage)  # what a killed run was writing
     own_executor = executor is None
     executor = executor or make_executor("ray")
     try:
@@ -266,6 +265,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
                            shard=s.name, split=s.split, items=s.items, media=media)
                  for s in todo]
         _run(tasks, executor, progress, total_shards=len(all_shards))
+        _clean_temporaries(storage)  # what a worker killed mid-write left behind
         name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
         run_stats = {"seconds": round(time.perf_counter() - t0, 3),
                      "executor": type(executor).__name__, "workers": executor.workers,
@@ -291,6 +291,11 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
 
 
 RETRIES_FILE = "_work/retries.json"
+
+
+def _clean_temporaries(storage: Storage) -> None:
+    for folder in ("", "shards", "_work", "_work/parts"):
+        storage.remove_temporaries(folder)
 
 
 def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[PlannedShard],

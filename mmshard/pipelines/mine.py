@@ -67,6 +67,7 @@ from .executor import Executor, LocalExecutor
 from .faiss_index import (
     IndexConfig,
     build_index,
+    exact_scores,
     fingerprint_array,
     index_meta,
     load_index,
@@ -404,20 +405,6 @@ class _ChunkTask:
     corpus_labels_path: str | None
 
 
-def _pair_scores(q: np.ndarray, ids: np.ndarray, corpus: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, M) exact similarities of q[i] with corpus[ids[i, j]]; NaN where ids < 0."""
-    out = np.full(ids.shape, np.nan, np.float32)
-    if ids.size == 0:
-        return out
-    for s in range(0, len(q), 256):
-        sub = ids[s:s + 256]
-        v = np.asarray(corpus[np.maximum(sub, 0).ravel()], np.float32).reshape(*sub.shape, -1)
-        qs = q[s:s + 256, None, :]
-        sc = (v * qs).sum(-1) if metric == "ip" else -((v - qs) ** 2).sum(-1)
-        out[s:s + 256] = np.where(sub >= 0, sc, np.nan)
-    return out
-
-
 def _list_array(values: np.ndarray, mask: np.ndarray) -> Any:
     import pyarrow as pa
 
@@ -438,7 +425,7 @@ def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     built = load_index(task.index_path, expect=task.index_expect)
     scores, ids = search(built, q, task.pool, metric=task.metric, refine_vectors=corpus,
                          gpu=task.gpu)
-    pos_scores = _pair_scores(q, task.positive_ids, corpus, task.metric)
+    pos_scores = exact_scores(q, task.positive_ids, corpus, task.metric, fill=np.nan)
     lowest = np.where(np.isnan(pos_scores), np.inf, pos_scores).min(axis=1, initial=np.inf)
     pos_min = np.where(np.isposinf(lowest), np.nan, lowest).astype(np.float32)
     load = (lambda p: None if p is None else np.load(p, mmap_mode="r", allow_pickle=False))
@@ -453,8 +440,8 @@ def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     sel = strategy.select(batch, task.k)
     need = (sel.ids >= 0) & np.isnan(sel.scores)
     if need.any():
-        sel.scores[need] = _pair_scores(q, np.where(need, sel.ids, -1), corpus,
-                                        task.metric)[need]
+        sel.scores[need] = exact_scores(q, np.where(need, sel.ids, -1), corpus, task.metric,
+                                        fill=np.nan)[need]
     mask = sel.ids >= 0
     neg = sel.scores[mask]
     fin = pos_min[np.isfinite(pos_min)]
@@ -560,6 +547,13 @@ def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndar
             hist_pos += np.histogram(pos, edges)[0]
             n_rows += len(t)
             n_negs += len(negs)
+        if writer is None:  # no usable query: an empty file with the full schema
+            schema = pa.schema([("query_key", pa.string()),
+                                ("negative_keys", pa.list_(pa.string())),
+                                ("negative_scores", pa.list_(pa.float32())),
+                                ("negative_ranks", pa.list_(pa.int32())),
+                                ("positive_score", pa.float32())], metadata=metadata)
+            pq.write_table(schema.empty_table(), tmp)
     finally:
         if writer is not None:
             writer.close()
@@ -830,9 +824,9 @@ class Reminer:
     ``embeddings_for(step)`` returns one :class:`EmbeddingSource` (queries; also the
     corpus when the config mines queries against themselves) or a (queries, corpus) pair.
 
-    >>> hook = Reminer(cfg, every_steps=5000,
-    ...                embeddings_for=lambda step: EmbeddingSource(path=f"emb{step}.npy"))  # doctest: +SKIP
-    >>> hook.maybe_remine(step)                                                              # doctest: +SKIP
+    >>> src = lambda step: EmbeddingSource(path=f"emb{step}.npy")
+    >>> hook = Reminer(cfg, every_steps=5000, embeddings_for=src)  # doctest: +SKIP
+    >>> hook.maybe_remine(step)                                    # doctest: +SKIP
     """
 
     def __init__(self, config: MineConfig, *, every_steps: int,

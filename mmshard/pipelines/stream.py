@@ -20,7 +20,7 @@ mixing) and, with :class:`~mmshard.samplers.batching.NegativeCoBatching`,
 ...     loader.set_epoch(epoch)
 ...     for batch in loader:
 ...         train_step(batch["image"], batch["txt"])
->>> ckpt = loader.state_dict()   # resume later with loader.load_state_dict(ckpt)
+>>> ckpt = loader.state_dict()  # later: loader.load_state_dict(ckpt)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -299,9 +299,15 @@ class Loader:
         self._epoch = int(state["epoch"])
         self._done = int(state["batches_done"])
         self._segments = [(int(a), int(b)) for a, b in state.get("segments", [])]
-        if int(state["world_size"]) != self.world_size and self._done:
-            self._segments.append((int(state["world_size"]), self._done))
-            self._done = 0
+        old_ws = int(state["world_size"])
+        if old_ws != self.world_size and self._done:
+            old = self.planner.rank_plan(epoch=self._epoch, rank=0, world_size=old_ws,
+                                         segments=self._segments)
+            if self._done >= len(old):  # that epoch was finished: start the next one
+                self._epoch, self._done, self._segments = self._epoch + 1, 0, []
+            else:
+                self._segments.append((old_ws, self._done))
+                self._done = 0
 
     # -- iteration -----------------------------------------------------------------------
     def _fetch(self, plan: list[PlannedBatch], start: int) -> Iterator[dict[str, Any]]:

@@ -203,6 +203,8 @@ class KeyframeDetector:
         c = self.config
         k = c.gradual_window
         hists: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=k + 1)
+        # recent (index, time) pairs: a gradual cut is placed up to a few windows back
+        times: collections.deque[tuple[int, float]] = collections.deque(maxlen=4 * k + 8)
         recent: collections.deque[float] = collections.deque(maxlen=c.adaptive_window)
         scenes: list[_Scene] = []
         prev_grey: np.ndarray | None = None
@@ -253,7 +255,7 @@ class KeyframeDetector:
                     if dk > c.gradual_threshold:
                         run = [t, t, dk] if run is None else [run[0], t, max(run[2], dk)]
                     elif run is not None:
-                        self._close_run(run, scenes, k, frame_step)
+                        self._close_run(run, scenes, k, times, frame_step)
                         run = None
             sc = scenes[-1]
             sc.motion_sum += motion
@@ -261,9 +263,10 @@ class KeyframeDetector:
             if keyframe_due(sc, t):
                 sc.kf = (t, f.time, self._jpeg(img))
             hists.append((t, hist))
+            times.append((t, f.time))
             last_t, last_time, prev_img = t, f.time, img
         if run is not None:
-            self._close_run(run, scenes, k, frame_step)
+            self._close_run(run, scenes, k, times, frame_step)
         if scenes and scenes[-1].kf is None and prev_img is not None:
             scenes[-1].kf = (last_t, last_time, self._jpeg(prev_img))
         return self._result(scenes, last_t + 1, last_time + frame_step, fps, width, height)
@@ -281,7 +284,7 @@ class KeyframeDetector:
         return med + max(c.min_threshold, c.adaptive_k * mad)
 
     def _close_run(self, run: list[Any], scenes: list[_Scene], k: int,
-                   frame_step: float) -> None:
+                   times: collections.deque[tuple[int, float]], frame_step: float) -> None:
         """End a gradual run: one scene start at the transition's centre."""
         start, end, score = run
         if end - start < 1:
@@ -290,7 +293,8 @@ class KeyframeDetector:
         prev = scenes[-1]
         if pos - prev.start < self.config.min_scene_len:
             return
-        time = prev.time + (pos - prev.start) * frame_step
+        time = next((tm for i, tm in times if i == pos),
+                    prev.time + (pos - prev.start) * frame_step)
         new = _Scene(pos, time, "gradual", round(float(score), 6))
         # the keyframe already taken for frames after pos belongs to the new scene
         if prev.kf is not None and prev.kf[0] >= pos:

@@ -314,9 +314,13 @@ class PatchVQTokenizer:
         return self.codebook.usage(np.concatenate(ids) if ids else np.zeros(0, np.int64))
 
     def provenance(self) -> dict[str, Any]:
+        """Name, version, config and the codebook's identity (as the ``units`` tokenizer)."""
+        cb = self.codebook
         return {"tokenizer": self.name, "version": self.version,
                 "config": config_to_dict(self.config),
-                "codebook_fingerprint": self.codebook.fingerprint}
+                "codebook": {"fingerprint": cb.fingerprint, "k": cb.k, "dim": cb.dim,
+                             "config": config_to_dict(cb.config),
+                             "provenance": dict(cb.provenance)}}
 
     # ----------------------------------------------------------------- files
 

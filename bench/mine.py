@@ -1,0 +1,244 @@
+"""Benchmark: hard-negative mining, mmshard vs brute force (and sentence-transformers).
+
+One run, the same clustered random embeddings for every method (queries are noisy
+copies of corpus items; a query's positive is the corpus item with its key):
+
+- ``mmshard_exact``: ``mmshard.pipelines.mine.mine`` with an exact (flat) index, top-k;
+- ``torch_bruteforce``: plain torch matmul + topk in blocks, positive dropped;
+- ``st_mine_hard_negatives``: sentence-transformers' ``mine_hard_negatives`` fed the same
+  vectors through a lookup "model" (printed "not installed" when it is missing:
+  ``pip install sentence-transformers datasets`` then rerun this script);
+- ``mmshard_ivf_flat`` / ``mmshard_ivf_pq`` / ``mmshard_hnsw``: index build + search at the
+  default settings: recall@k of the top-k neighbours vs exact, and queries/s.
+
+Every method runs in its own subprocess (wall time, peak RSS of that process tree).
+Negative-set overlap is |A & B| / k per query, averaged, against ``torch_bruteforce``.
+
+    python bench/mine.py            # 100,000 x 384 corpus, 10,000 queries, k=16
+    python bench/mine.py --quick    # 20,000 x 384, 2,000 queries
+
+Results: a table on stdout and bench/results/mine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, print_table, run_measured, save_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_data(d: str, n: int, nq: int, dim: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cent = rng.standard_normal((max(8, n // 100), dim)).astype(np.float32)
+    x = cent[rng.integers(0, len(cent), n)]
+    x += 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src = np.sort(rng.choice(n, nq, replace=False))
+    q = x[src] + 0.05 * rng.standard_normal((nq, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    np.save(os.path.join(d, "corpus.npy"), x)
+    np.save(os.path.join(d, "queries.npy"), q)
+    np.save(os.path.join(d, "positive.npy"), src)
+    keys = [f"c{i:07d}" for i in range(n)]
+    Path(d, "corpus.keys.txt").write_text("\n".join(keys) + "\n")
+    Path(d, "queries.keys.txt").write_text("\n".join(keys[i] for i in src) + "\n")
+
+
+# ------------------------------------------------------------------- workers
+
+
+def w_mmshard_exact(d: str, k: int) -> dict:
+    import pyarrow.parquet as pq
+
+    from mmshard.pipelines.embeddings_io import EmbeddingSource
+    from mmshard.pipelines.faiss_index import IndexConfig
+    from mmshard.pipelines.mine import MineConfig, mine
+
+    out = os.path.join(d, "mm", "neg.parquet")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    cfg = MineConfig(queries=EmbeddingSource(path=os.path.join(d, "queries.npy")),
+                     corpus=EmbeddingSource(path=os.path.join(d, "corpus.npy")), out=out, k=k,
+                     index=IndexConfig(kind="flat", gpu="never"), plot=False)
+    t = time.perf_counter()
+    mine(cfg, progress=False)
+    wall = time.perf_counter() - t
+    keys = pq.read_table(out, columns=["negative_keys"]).column("negative_keys").to_pylist()
+    ids = np.array([[int(x[1:]) for x in row] + [-1] * (k - len(row)) for row in keys])
+    np.save(os.path.join(d, "mmshard_exact.npy"), ids)
+    return {"inner_wall_s": round(wall, 3)}
+
+
+def w_torch_bruteforce(d: str, k: int) -> dict:
+    import torch
+
+    x = torch.from_numpy(np.load(os.path.join(d, "corpus.npy")))
+    q = torch.from_numpy(np.load(os.path.join(d, "queries.npy")))
+    pos = torch.from_numpy(np.load(os.path.join(d, "positive.npy")))
+    t = time.perf_counter()
+    negs, raw = [], []
+    for s in range(0, len(q), 1024):
+        sc = q[s:s + 1024] @ x.T
+        top = sc.topk(k + 1, dim=1).indices
+        raw.append(top[:, :k])
+        keep = top != pos[s:s + 1024, None]
+        negs.append(torch.stack([r[m][:k] for r, m in zip(top, keep, strict=True)]))
+    wall = time.perf_counter() - t
+    np.save(os.path.join(d, "torch_bruteforce.npy"), torch.cat(negs).numpy())
+    np.save(os.path.join(d, "exact_raw.npy"), torch.cat(raw).numpy())
+    return {"inner_wall_s": round(wall, 3)}
+
+
+def w_st(d: str, k: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    x = np.load(os.path.join(d, "corpus.npy"))
+    q = np.load(os.path.join(d, "queries.npy"))
+    pos = np.load(os.path.join(d, "positive.npy"))
+    table = {f"q{i}": v for i, v in enumerate(q)} | {f"c{i}": v for i, v in enumerate(x)}
+
+    class Lookup(torch.nn.Module):  # duck-typed "model": text -> the stored vector
+        similarity_fn_name = "cosine"
+
+        def encode(self, texts, **kw):
+            v = np.stack([table[t] for t in texts])
+            return torch.from_numpy(v) if kw.get("convert_to_tensor") else v
+
+        def similarity(self, a, b):
+            return torch.as_tensor(a) @ torch.as_tensor(b).T
+
+    ds = Dataset.from_dict({"anchor": [f"q{i}" for i in range(len(q))],
+                            "positive": [f"c{i}" for i in pos]})
+    t = time.perf_counter()
+    out = mine_hard_negatives(ds, Lookup(), corpus=[f"c{i}" for i in range(len(x))],
+                              num_negatives=k, sampling_strategy="top", use_faiss=True,
+                              output_format="n-tuple", batch_size=1024, verbose=False)
+    wall = time.perf_counter() - t
+    ids = np.array([[int(row[f"negative_{j + 1}"][1:]) for j in range(k)] for row in out])
+    np.save(os.path.join(d, "st_mine_hard_negatives.npy"), ids)
+    return {"inner_wall_s": round(wall, 3)}
+
+
+def w_approx(d: str, k: int, kind: str) -> dict:
+    from mmshard.pipelines.faiss_index import IndexConfig, build_index, search
+
+    x = np.load(os.path.join(d, "corpus.npy"), mmap_mode="r")
+    q = np.load(os.path.join(d, "queries.npy"))
+    t = time.perf_counter()
+    built = build_index(x, metric="ip", config=IndexConfig(kind=kind, gpu="never"))
+    tb = time.perf_counter() - t
+    t = time.perf_counter()
+    _, ids = search(built, q, k, metric="ip", refine_vectors=x)
+    ts = time.perf_counter() - t
+    np.save(os.path.join(d, f"mmshard_{kind}.npy"), ids)
+    return {"build_s": round(tb, 3), "search_s": round(ts, 3),
+            "qps": round(len(q) / ts, 1), "params": built.params}
+
+
+def worker(method: str, d: str, k: int) -> None:
+    if method == "mmshard_exact":
+        r = w_mmshard_exact(d, k)
+    elif method == "torch_bruteforce":
+        r = w_torch_bruteforce(d, k)
+    elif method == "st_mine_hard_negatives":
+        r = w_st(d, k)
+    else:
+        r = w_approx(d, k, method.removeprefix("mmshard_"))
+    print("RESULT " + json.dumps(r))
+
+
+# ---------------------------------------------------------------------- main
+
+
+def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(x[x >= 0]) & set(y[y >= 0])) / k
+                          for x, y in zip(a, b, strict=True)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20,000 x 384, 2,000 queries")
+    ap.add_argument("--n", type=int, help="corpus size (default 100,000)")
+    ap.add_argument("--queries", type=int, help="queries (default 10,000)")
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("-k", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-approx", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "mine.json"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        worker(a.worker, a.data, a.k)
+        return
+    n = a.n or (20_000 if a.quick else 100_000)
+    nq = a.queries or (2_000 if a.quick else 10_000)
+    d = tempfile.mkdtemp(prefix="bench-mine-")
+    try:
+        t = time.perf_counter()
+        make_data(d, n, nq, a.dim, a.seed)
+        print(f"data: corpus {n} x {a.dim}, {nq} queries, k={a.k} "
+              f"({time.perf_counter() - t:.1f} s to generate)", flush=True)
+        methods = ["torch_bruteforce", "mmshard_exact", "st_mine_hard_negatives"]
+        if not a.skip_approx:
+            methods += ["mmshard_ivf_flat", "mmshard_ivf_pq", "mmshard_hnsw"]
+        has_st = (importlib.util.find_spec("sentence_transformers") is not None
+                  and importlib.util.find_spec("datasets") is not None)
+        rows = []
+        for m in methods:
+            row: dict = {"method": m}
+            if m == "st_mine_hard_negatives" and not has_st:
+                row["status"] = "not installed"
+                rows.append(row)
+                continue
+            r = run_measured([sys.executable, __file__, "--worker", m, "--data", d,
+                              "-k", str(a.k)], interval=0.1)
+            line = [x for x in r["output"].splitlines() if x.startswith("RESULT ")]
+            if r["rc"] != 0 or not line:
+                row["status"] = "error"
+                row["error"] = r["output"][-600:]
+            else:
+                row.update(json.loads(line[-1][7:]))
+                row["status"] = "ok"
+            row["wall_s"], row["peak_rss_mb"] = r["wall_s"], r["peak_rss_mb"]
+            rows.append(row)
+            print(f"  {m}: {row['status']} {row['wall_s']:.1f} s", flush=True)
+        base = os.path.join(d, "torch_bruteforce.npy")
+        raw = os.path.join(d, "exact_raw.npy")
+        for row in rows:
+            p = os.path.join(d, row["method"] + ".npy")
+            if row.get("status") != "ok" or not os.path.exists(p) or not os.path.exists(base):
+                continue
+            ids = np.load(p)
+            if row["method"].startswith("mmshard_") and row["method"] != "mmshard_exact":
+                row["recall_at_k"] = round(overlap(ids, np.load(raw), a.k), 4)
+            else:
+                row["neg_overlap_vs_bruteforce"] = round(overlap(ids, np.load(base), a.k), 4)
+        print()
+        print_table(rows, ["method", "status", "wall_s", "inner_wall_s", "peak_rss_mb",
+                           "neg_overlap_vs_bruteforce", "build_s", "qps", "recall_at_k"])
+        res = {"bench": "mine", "n": n, "queries": nq, "dim": a.dim, "k": a.k,
+               "quick": a.quick, "machine": machine_info(), "rows": rows,
+               "sentence_transformers": "installed" if has_st else "not installed"}
+        print(f"\nsaved {save_json(a.out, res)}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""``mmshard tokenize``: add derived fields to a dataset as sidecar shards.
+
+plan -> tasks -> commit, like ingest.  One task per base shard reads the shard once,
+decodes each sample's medium once per modality and runs every requested field set on
+it, writing one sidecar tar per field set: ``<dataset>/<field-set>/<shard>.tar`` with
+the same keys in the same order as the base shard (a sample whose medium fails to
+decode, or that has none, is left out of the sidecar and gets a ledger row).  Then each
+field set gets ``index.json`` (with the tokenizer provenance), ``ledger.parquet`` and
+``stats.json``.  Reruns skip shards already done; a changed config is refused.
+
+>>> tokenize("out/", {"mel": {"n_mels": 80}}, executor=make_executor("local"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
+from ..errors import ConfigError, DataError, JobError
+from ..storage import Storage
+from ..tario import TarWriter
+from .commit import _write_parquet
+from .executor import Executor, TaskLost, make_executor
+from .transform_fields import FIELD_SETS, build_field_set, decode_medium
+
+__all__ = ["TransformResult", "tokenize"]
+
+log = logging.getLogger(__name__)
+
+
+def _work(field_set: str) -> str:
+    return f"_work/transform/{field_set}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformTask:
+    root: str
+    storage_options: dict
+    shard: ShardInfo
+    field_sets: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    device: str
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """Per field set: the contents of its stats.json."""
+
+    root: str
+    stats: dict[str, dict[str, Any]]
+
+
+class _Hashing:
+    def __init__(self, f: Any) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def run_transform_task(task: TransformTask) -> dict[str, int]:
+    """Process one base shard for every requested field set (see module docstring)."""
+    t0 = time.perf_counter()
+    storage = Storage(task.root, task.storage_options)
+    ds_rel = task.shard.url
+    name = ds_rel.rsplit("/", 1)[-1].removesuffix(".tar")
+    built = {fs: build_field_set(fs, dict(opts), task.device) for fs, opts in task.field_sets}
+    with storage.open_read(ds_rel) as f:
+        from ..tario import iter_tar
+
+        samples = list(iter_tar(f, url=storage.path(ds_rel)))
+    counts: dict[str, int] = {}
+    for fs_name, fs in built.items():
+        ledger, fails = [], Counter()
+        with storage.atomic_writer(f"{fs_name}/{name}.tar") as raw:
+            hw = _Hashing(raw)
+            w = TarWriter(hw)  # type: ignore[arg-type]
+            cache: dict[tuple[str, str], Any] = {}
+            for s in samples:
+                key = s["__key__"]
+                try:
+                    ck = (key, fs.modality)
+                    if ck not in cache:
+                        cache.clear()
+                        cache[ck] = decode_medium(s, fs.modality)
+                    medium = cache[ck]
+                    if medium is None:
+                        ledger.append(_row(key, name, "skipped", f"no_{fs.modality}", ""))
+                        continue
+                    out = fs.compute(medium)
+                except DataError as e:
+                    fails[e.reason] += 1
+                    ledger.append(_row(key, name, "failed", e.reason, str(e)))
+                    continue
+                except Exception as e:  # a tokenizer bug must not stop the job: counted
+                    fails["internal_error"] += 1
+                    ledger.append(_row(key, name, "failed", "internal_error",
+                                       f"{type(e).__name__}: {e}"))
+                    log.warning("tokenize %s/%s: %s failed", fs_name, name, key, exc_info=True)
+                    continue
+                w.write({"__key__": key, **out})
+                ledger.append(_row(key, name, "ok", "", ""))
+            w.close()
+        part = {"shard": name, "split": task.shard.split, "url": f"{name}.tar",
+                "nsamples": w.count, "filesize": hw.n, "sha256": hw.h.hexdigest(),
+                "failures": dict(sorted(fails.items())), "ledger": ledger,
+                "seconds": round(time.perf_counter() - t0, 4)}
+        storage.write_bytes(f"{_work(fs_name)}/parts/{name}.json",
+                            json.dumps(part, sort_keys=True).encode())
+        counts[fs_name] = w.count
+    return counts
+
+
+def _row(key: str, shard: str, status: str, reason: str, detail: str) -> dict[str, Any]:
+    return {"key": key, "shard": shard, "status": status, "reason": reason, "detail": detail}
+
+
+def _ledger_schema():
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("status", pa.string()),
+                      ("reason", pa.string()), ("detail", pa.string())])
+
+
+def tokenize(dataset: str, field_sets: Mapping[str, Mapping[str, Any]], *,
+             executor: Executor | None = None, device: str = "cpu", overwrite: bool = False,
+             progress: bool = False, storage_options: dict | None = None) -> TransformResult:
+    """Write sidecar field sets (``{"mel": {...options}, "units": {"codebook_path": p}}``)
+    for every shard of ``dataset``.  Returns per-field-set stats.
+
+    Raises ConfigError for unknown field sets or options (before any work), JobError when
+    a field set already exists with another config (pass ``overwrite=True``).
+    """
+    if not field_sets:
+        raise ConfigError(f"no field sets given; known: {', '.join(FIELD_SETS.names())}")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked but torch sees no CUDA device")
+    ds = open_dataset(dataset, storage_options)
+    specs: dict[str, tuple[tuple[str, Any], ...]] = {}
+    provenance: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, tuple[str, ...]] = {}
+    for name, opts in field_sets.items():
+        FIELD_SETS.get(dict(opts).get("kind", name))  # unknown names fail, listing known ones
+        fs = build_field_set(name, opts, device)  # bad options fail before any work
+        specs[name] = tuple(sorted(dict(opts).items()))
+        provenance[name] = fs.provenance
+        outputs[name] = fs.outputs
+    storage = ds.storage
+    for name in specs:
+        _prepare(storage, name, {"options": dict(specs[name]), "provenance": provenance[name]},
+                 overwrite)
+    own = executor is None
+    executor = executor or make_executor("ray")
+    t0 = time.perf_counter()
+    try:
+        tasks = []
+        for sh in ds.index.shards:
+            shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
+            todo = tuple((n, specs[n]) for n in specs
+                         if not storage.exists(f"{_work(n)}/parts/{shard}.json"))
+            if todo:
+                tasks.append(TransformTask(root=storage.root, storage_options=storage
+                                           .storage_options, shard=sh, field_sets=todo,
+                                           device=device))
+        from tqdm import tqdm
+
+        with tqdm(total=len(ds.index.shards), initial=len(ds.index.shards) - len(tasks),
+                  unit="shard", disable=not progress, desc="tokenize") as bar:
+            for i, res in executor.imap_unordered(run_transform_task, tasks):
+                if isinstance(res, TaskLost):
+                    raise JobError(f"tokenize task for {tasks[i].shard.url} died on every "
+                                   f"attempt: {res.cause}; rerun to resume")
+                bar.update(1)
+    finally:
+        if own:
+            executor.close()
+    seconds = round(time.perf_counter() - t0, 3)
+    for n in specs:  # leftovers of a worker killed mid-write (its task was retried)
+        storage.remove_temporaries(n)
+        storage.remove_temporaries(f"{_work(n)}/parts")
+    stats = {n: _commit(ds, n, provenance[n], dict(specs[n]), outputs[n], seconds)
+             for n in specs}
+    return TransformResult(root=storage.root, stats=stats)
+
+
+def _prepare(storage: Storage, name: str, job: dict[str, Any], overwrite: bool) -> None:
+    rel = f"{_work(name)}/job.json"
+    blob = json.dumps(job, sort_keys=True, default=str).encode()
+    if overwrite:
+        storage.remove_tree(name)
+        storage.remove_tree(_work(name))
+    elif storage.exists(rel) and storage.read_bytes(rel) != blob:
+        raise JobError(f"field set {name!r} in {storage.root} was made with other options or "
+                       "another tokenizer version; pass --overwrite to recompute it")
+    storage.write_bytes(rel, blob)
+    storage.remove_temporaries(name)
+
+
+def _commit(ds: Dataset, name: str, provenance: dict[str, Any], options: dict[str, Any],
+            outputs: tuple[str, ...], seconds: float) -> dict[str, Any]:
+    storage = ds.storage
+    parts = []
+    for sh in ds.index.shards:
+        shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
+        parts.append(json.loads(storage.read_bytes(f"{_work(name)}/parts/{shard}.json")))
+    _write_parquet(storage, f"{name}/ledger.parquet", (p["ledger"] for p in parts),
+                   _ledger_schema())
+    status: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    for p in parts:
+        status.update(r["status"] for r in p["ledger"])
+        failures.update(p["failures"])
+    shards = tuple(ShardInfo(url=p["url"], split=p["split"], nsamples=p["nsamples"],
+                             filesize=p["filesize"], sha256=p["sha256"],
+                             failed=sum(p["failures"].values()), failures=p["failures"])
+                   for p in parts)
+    idx = DatasetIndex(name=f"{ds.index.name}/{name}", shards=shards, field_set=name,
+                       fields=outputs if status.get("ok") else (),
+                       config={"options": options}, provenance=provenance)
+    storage.write_bytes(f"{name}/index.json", idx.to_json())
+    stats = {"field_set": name, "samples": sum(p["nsamples"] for p in parts),
+             "ok": status.get("ok", 0), "failed": status.get("failed", 0),
+             "skipped": status.get("skipped", 0),
+             "failures_by_reason": dict(sorted(failures.items())),
+             "bytes": sum(p["filesize"] for p in parts), "seconds": seconds,
+             "per_shard": [{"shard": p["shard"], "samples": p["nsamples"],
+                            "seconds": p["seconds"]} for p in parts]}
+    storage.write_bytes(f"{name}/stats.json", json.dumps(stats, indent=1, sort_keys=True)
+                        .encode())
+    return stats

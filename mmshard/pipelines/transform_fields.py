@@ -1,0 +1,242 @@
+"""Field sets of the transform job: what ``mmshard tokenize --fields NAME`` computes.
+
+A field set adapts one tokenizer to the shard edge.  It consumes one decoded medium of a
+sample (audio as ``(float32 [T] mono, sample_rate)``, video as its bytes, an image as an
+RGB ``uint8 [H, W, 3]`` array) and emits extension-keyed bytes for the sidecar tar
+(``{"mel.npy": ...}``, ``{"kf.json": ..., "kf.000.jpg": ...}``).  Field sets are built
+inside the task process from ``(name, options)`` and cached there, so models load once
+per worker.
+
+>>> fs = build_field_set("mel", {"n_mels": 80})
+>>> fs.modality, fs.outputs
+('audio', ('mel.npy',))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .._registry import Registry
+from ..errors import ConfigError, DataError
+
+__all__ = ["FIELD_SETS", "FieldSet", "build_field_set", "npy_bytes"]
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``np.save`` bytes (no pickles) of an array."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+@dataclass
+class FieldSet:
+    """A built field set: ``compute(medium) -> {field: bytes}`` plus its provenance."""
+
+    name: str
+    modality: str
+    outputs: tuple[str, ...]
+    compute: Callable[[Any], dict[str, bytes]]
+    provenance: dict[str, Any]
+
+
+FIELD_SETS: Registry[Callable[[Mapping[str, Any], str, str], FieldSet]] = Registry("field set")
+
+
+def _feature(name: str, tokenizer: str, field: str) -> None:
+    def factory(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+        from ..tokenizers import audio_features  # noqa: F401  (registers the tokenizers)
+        from ..tokenizers.base import build_tokenizer
+
+        tok = build_tokenizer(tokenizer, dict(options))
+
+        def compute(audio: tuple[np.ndarray, int]) -> dict[str, bytes]:
+            x, sr = audio
+            if device != "cpu":
+                import torch
+
+                x = torch.from_numpy(x).to(device)
+            out = tok(x, sr)
+            if hasattr(out, "cpu"):
+                out = out.cpu().numpy()
+            return {field: npy_bytes(np.asarray(out).astype(tok.storage_dtype))}
+
+        return FieldSet(name, "audio", (field,), compute, tok.provenance())
+
+    FIELD_SETS.register(name)(factory)
+
+
+_feature("mel", "whisper_mel", "mel.npy")
+_feature("fbank", "fbank", "fbank.npy")
+_feature("mfcc", "mfcc", "mfcc.npy")
+_feature("spectral", "spectral", "spectral.npy")
+
+
+@FIELD_SETS.register("units")
+def _units(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+    """Discrete units: the codebook's recorded feature, then nearest-centroid ids.
+
+    A codebook fit by ``mmshard fit-codebook --field F`` records the field set F and its
+    tokenizer config; units recompute that feature from the waveform so ids match.
+    """
+    from ..tokenizers.base import build_tokenizer
+    from ..tokenizers.codebook import Codebook
+    from ..tokenizers.units import UnitsConfig, UnitTokenizer
+
+    opts = dict(options)
+    cfg = UnitsConfig(**opts)
+    if not cfg.codebook_path:
+        raise ConfigError("--fields units needs a codebook: --codebook PATH (made by "
+                          "`mmshard fit-codebook`)")
+    cb = Codebook.load(cfg.codebook_path)
+    feature = (cb.provenance or {}).get("feature")
+    tok = UnitTokenizer(cb, cfg)
+    if feature:
+        from ..tokenizers import audio_features  # noqa: F401
+
+        feat_tok = build_tokenizer(feature["tokenizer"], feature["config"])
+        frames_first = feature.get("layout") == "bins_frames"
+
+        def features(x: np.ndarray, sr: int) -> np.ndarray:
+            f = np.asarray(feat_tok(x, sr), np.float32)
+            return f.T if frames_first else f
+    else:
+        features = tok.features
+
+    def compute(audio: tuple[np.ndarray, int]) -> dict[str, bytes]:
+        seq = tok.encode(features(*audio))
+        out = {"units.npy": npy_bytes(seq.units)}
+        if cfg.dedup:
+            out["units_rl.npy"] = npy_bytes(seq.run_lengths)
+        return out
+
+    prov = {**tok.provenance(), "feature": feature}
+    return FieldSet("units", "audio", ("units.npy",), compute, prov)
+
+
+@FIELD_SETS.register("keyframes")
+def _keyframes(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+    from .._registry import config_from_dict
+    from ..tokenizers.keyframes import KeyframeDetector, KeyframesConfig
+
+    det = KeyframeDetector(config_from_dict(KeyframesConfig, dict(options)))
+
+    def compute(video: bytes) -> dict[str, bytes]:
+        kf, thumbs = det.detect(video)
+        out = {"kf.json": json.dumps(kf, sort_keys=True).encode()}
+        for i, jpg in enumerate(thumbs):
+            out[f"kf.{i:03d}.jpg"] = jpg
+        return out
+
+    return FieldSet("keyframes", "video", ("kf.json",), compute, det.provenance())
+
+
+@FIELD_SETS.register("vq")
+def _vq(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+    from ..tokenizers.patch_vq import PatchVQTokenizer
+
+    path = dict(options).get("codebook_path") or dict(options).get("path")
+    if not path:
+        raise ConfigError("--fields vq needs a tokenizer file: --codebook PATH (made by "
+                          "`mmshard fit-codebook --field jpg --patch 16`)")
+    tok = PatchVQTokenizer.load(path)
+
+    def compute(image: np.ndarray) -> dict[str, bytes]:
+        return {"vq.npy": npy_bytes(tok.encode(image))}
+
+    return FieldSet("vq", "image", ("vq.npy",), compute, tok.provenance())
+
+
+@FIELD_SETS.register("emb")
+def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+    """Embeddings (``mmshard embed``): ``<name>.npy`` float vectors of one field."""
+    from ..keys import modality_of
+    from ..tokenizers.encoders import build_encoder
+
+    opts = dict(options)
+    spec = opts.pop("encoder", None)
+    field = opts.pop("field", None)
+    normalize = bool(opts.pop("normalize", True))
+    dtype = np.dtype(opts.pop("dtype", "float32"))
+    if not spec or not field:
+        raise ConfigError("embeddings need encoder=NAME and field=jpg|txt|flac|...")
+    if dtype not in (np.float16, np.float32):
+        raise ConfigError(f"embedding dtype must be float16 or float32, got {dtype}")
+    modality = modality_of(field)
+    enc = build_encoder(spec, modality=modality, device=device, **opts)
+    member = f"{out_name}.npy"
+
+    def compute(item: Any) -> dict[str, bytes]:
+        v = enc.encode([item])[0]
+        if normalize:
+            n = float(np.linalg.norm(v))
+            if n == 0.0:
+                raise DataError("zero_embedding", "embedding has zero norm; cannot normalise")
+            v = v / n
+        return {member: npy_bytes(v.astype(dtype))}
+
+    prov = {**enc.provenance, "field": field, "normalize": normalize, "dtype": str(dtype)}
+    return FieldSet(out_name, modality, (member,), compute, prov)
+
+
+_CACHE: dict[str, FieldSet] = {}
+
+
+def build_field_set(name: str, options: Mapping[str, Any] | None = None,
+                    device: str = "cpu") -> FieldSet:
+    """Build (once per process) the field set ``name`` with ``options``.
+
+    ``options["kind"]`` names the registered field set when ``name`` is a custom output
+    name (``{"emb_txt": {"kind": "emb", "encoder": "hashing", "field": "txt"}}``).
+    """
+    key = json.dumps([name, dict(options or {}), device], sort_keys=True, default=str)
+    if key not in _CACHE:
+        opts = dict(options or {})
+        kind = opts.pop("kind", name)
+        _CACHE[key] = FIELD_SETS.get(kind)(opts, device, name)
+    return _CACHE[key]
+
+
+def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
+    """The first medium of ``modality`` in a shard sample, decoded for field sets.
+
+    Returns None when the sample has no such medium.  Raises DataError when it does
+    not decode.
+    """
+    from ..keys import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
+
+    if modality == "text":
+        if "txt" not in sample:
+            return None
+        try:
+            return sample["txt"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError("bad_text", "txt is not UTF-8") from e
+    exts = {"audio": AUDIO_EXTS, "video": VIDEO_EXTS, "image": IMAGE_EXTS}[modality]
+    fields = sorted(k for k in sample if not k.startswith("__")
+                    and k.rsplit(".", 1)[-1] in set(exts.values()))
+    if not fields:
+        return None
+    data = sample[fields[0]]
+    if modality == "video":
+        return data
+    if modality == "audio":
+        from ..media.audio import decode_audio
+
+        x, sr, _ = decode_audio(data)
+        if x.shape[0] == 0:
+            raise DataError("empty_audio", "audio has no frames")
+        return np.ascontiguousarray(x.mean(axis=1), np.float32), sr
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError("corrupt_image", f"image does not decode: {e}") from e
