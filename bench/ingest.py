@@ -301,10 +301,10 @@ def main(argv: list[str] | None = None) -> None:
 
     exe = None if args.skip_img2dataset else ensure_img2dataset()
     src, files, in_bytes = ensure_corpus(n, args.workers)
+    from PIL import Image
+
     mps = []
     for f in files[:: max(1, n // 200)]:
-        from PIL import Image
-
         with Image.open(f) as im:
             mps.append(im.size[0] * im.size[1] / 1e6)
     info.update(corpus=str(src.relative_to(BENCH.parent)), input_mb=round(in_bytes / 2**20, 1),
@@ -395,8 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print()
-    print_table(runs, ["name", "task", "ok", "wall_s", "images_s", "job_images_s", "in_mb_s", "out_mb_s",
-                       "cpu_ms_per_image", "peak_pss_mb", "peak_rss_mb", "max_procs"])
+    print_table(runs, ["name", "task", "ok", "wall_s", "images_s", "job_images_s", "in_mb_s",
+                       "out_mb_s", "cpu_ms_per_image", "peak_pss_mb", "peak_rss_mb",
+                       "max_procs"])
     if disk:
         print()
         print_table(list(disk.values()), ["method", "bytes", "wall_s", "mb_s"])

@@ -318,8 +318,8 @@ class CurriculumSelector:
 
 
 class NegativeTable:
-    """Mined negatives by query key (from ``negatives.parquet``: query_key,
-    negative_keys, scores, ranks, positive_score).
+    """Mined negatives by query key (from ``mmshard mine``'s ``negatives.parquet``:
+    query_key, negative_keys, negative_scores, negative_ranks, positive_score).
 
     >>> t = NegativeTable({"a": (["b", "c"], [0.9, 0.8], [1, 2])})
     >>> t.get("a")[0]
@@ -336,15 +336,16 @@ class NegativeTable:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path, columns=["query_key", "negative_keys", "scores",
-                                                 "ranks"])
+            table = pq.read_table(path, columns=["query_key", "negative_keys",
+                                                 "negative_scores", "negative_ranks"])
         except (OSError, KeyError, ValueError) as e:
             raise ShardError(f"cannot read negatives Parquet {path!r} (needs query_key, "
-                             f"negative_keys, scores, ranks): {e}") from e
+                             f"negative_keys, negative_scores, negative_ranks, as written by "
+                             f"`mmshard mine`): {e}") from e
         cols = table.to_pydict()
         rows = {}
-        for q, n, s, r in zip(cols["query_key"], cols["negative_keys"], cols["scores"],
-                              cols["ranks"], strict=True):
+        for q, n, s, r in zip(cols["query_key"], cols["negative_keys"],
+                              cols["negative_scores"], cols["negative_ranks"], strict=True):
             rows[str(q)] = (n or [], s or [], r if r else list(range(1, len(n or []) + 1)))
         return cls(rows)
 

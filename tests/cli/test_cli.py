@@ -90,3 +90,8 @@ def test_demo_runs_end_to_end_on_ray(ray_cluster, tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "--no-progress", "--images", "8"]) == 0
     text = capsys.readouterr().out
     assert "verify: ok" in text and "failed 5" in text
+    for stage in ("== tokenize", "== mine", "== train"):
+        assert stage in text
+    assert "units codebook: k=32" in text and "losses:" in text
+    assert (tmp_path / "demo" / "dataset" / "mel" / "index.json").exists()
+    assert (tmp_path / "demo" / "photos" / "negatives.parquet").exists()

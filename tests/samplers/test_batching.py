@@ -87,8 +87,8 @@ def _neg_table(tmp_path, rows):
     path = tmp_path / "neg.parquet"
     pq.write_table(pa.table({
         "query_key": [r[0] for r in rows], "negative_keys": [r[1] for r in rows],
-        "scores": [[0.9 - 0.1 * i for i in range(len(r[1]))] for r in rows],
-        "ranks": [list(range(1, len(r[1]) + 1)) for r in rows],
+        "negative_scores": [[0.9 - 0.1 * i for i in range(len(r[1]))] for r in rows],
+        "negative_ranks": [list(range(1, len(r[1]) + 1)) for r in rows],
         "positive_score": [1.0] * len(rows)}), path)
     return NegativeTable.from_parquet(str(path))
 
