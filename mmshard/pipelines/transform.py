@@ -70,55 +70,69 @@ class _Hashing:
 
 
 def run_transform_task(task: TransformTask) -> dict[str, int]:
-    """Process one base shard for every requested field set (see module docstring)."""
+    """Process one base shard for every requested field set (see module docstring).
+
+    Streams: one sample of the base shard is in memory at a time, and each medium is
+    decoded once for all field sets that need its modality.
+    """
+    import contextlib
+
+    from ..tario import iter_tar
+
     t0 = time.perf_counter()
     storage = Storage(task.root, task.storage_options)
-    ds_rel = task.shard.url
-    name = ds_rel.rsplit("/", 1)[-1].removesuffix(".tar")
+    name = task.shard.url.rsplit("/", 1)[-1].removesuffix(".tar")
     built = {fs: build_field_set(fs, dict(opts), task.device) for fs, opts in task.field_sets}
-    with storage.open_read(ds_rel) as f:
-        from ..tario import iter_tar
-
-        samples = list(iter_tar(f, url=storage.path(ds_rel)))
-    counts: dict[str, int] = {}
-    for fs_name, fs in built.items():
-        ledger, fails = [], Counter()
-        with storage.atomic_writer(f"{fs_name}/{name}.tar") as raw:
-            hw = _Hashing(raw)
-            w = TarWriter(hw)  # type: ignore[arg-type]
-            cache: dict[tuple[str, str], Any] = {}
-            for s in samples:
+    ledgers: dict[str, list[dict[str, Any]]] = {n: [] for n in built}
+    fails: dict[str, Counter[str]] = {n: Counter() for n in built}
+    with contextlib.ExitStack() as stack:
+        hashers, writers = {}, {}
+        for n in built:
+            raw = stack.enter_context(storage.atomic_writer(f"{n}/{name}.tar"))
+            hashers[n] = _Hashing(raw)
+            writers[n] = TarWriter(hashers[n])  # type: ignore[arg-type]
+        with storage.open_read(task.shard.url) as f:
+            for s in iter_tar(f, url=storage.path(task.shard.url)):
                 key = s["__key__"]
-                try:
-                    ck = (key, fs.modality)
-                    if ck not in cache:
-                        cache.clear()
-                        cache[ck] = decode_medium(s, fs.modality)
-                    medium = cache[ck]
-                    if medium is None:
-                        ledger.append(_row(key, name, "skipped", f"no_{fs.modality}", ""))
+                media: dict[str, Any] = {}
+                for n, fs in built.items():
+                    ledger = ledgers[n]
+                    try:
+                        if fs.modality not in media:
+                            try:
+                                media[fs.modality] = decode_medium(s, fs.modality)
+                            except DataError as e:
+                                media[fs.modality] = e
+                        medium = media[fs.modality]
+                        if isinstance(medium, DataError):
+                            raise medium
+                        if medium is None:
+                            ledger.append(_row(key, name, "skipped", f"no_{fs.modality}", ""))
+                            continue
+                        out = fs.compute(medium)
+                    except DataError as e:
+                        fails[n][e.reason] += 1
+                        ledger.append(_row(key, name, "failed", e.reason, str(e)))
                         continue
-                    out = fs.compute(medium)
-                except DataError as e:
-                    fails[e.reason] += 1
-                    ledger.append(_row(key, name, "failed", e.reason, str(e)))
-                    continue
-                except Exception as e:  # a tokenizer bug must not stop the job: counted
-                    fails["internal_error"] += 1
-                    ledger.append(_row(key, name, "failed", "internal_error",
-                                       f"{type(e).__name__}: {e}"))
-                    log.warning("tokenize %s/%s: %s failed", fs_name, name, key, exc_info=True)
-                    continue
-                w.write({"__key__": key, **out})
-                ledger.append(_row(key, name, "ok", "", ""))
+                    except Exception as e:  # a tokenizer bug must not stop the job: counted
+                        fails[n]["internal_error"] += 1
+                        ledger.append(_row(key, name, "failed", "internal_error",
+                                           f"{type(e).__name__}: {e}"))
+                        log.warning("tokenize %s/%s: %s failed", n, name, key, exc_info=True)
+                        continue
+                    writers[n].write({"__key__": key, **out})
+                    ledger.append(_row(key, name, "ok", "", ""))
+        for w in writers.values():
             w.close()
+    counts: dict[str, int] = {}
+    for n in built:
         part = {"shard": name, "split": task.shard.split, "url": f"{name}.tar",
-                "nsamples": w.count, "filesize": hw.n, "sha256": hw.h.hexdigest(),
-                "failures": dict(sorted(fails.items())), "ledger": ledger,
-                "seconds": round(time.perf_counter() - t0, 4)}
-        storage.write_bytes(f"{_work(fs_name)}/parts/{name}.json",
+                "nsamples": writers[n].count, "filesize": hashers[n].n,
+                "sha256": hashers[n].h.hexdigest(), "failures": dict(sorted(fails[n].items())),
+                "ledger": ledgers[n], "seconds": round(time.perf_counter() - t0, 4)}
+        storage.write_bytes(f"{_work(n)}/parts/{name}.json",
                             json.dumps(part, sort_keys=True).encode())
-        counts[fs_name] = w.count
+        counts[n] = writers[n].count
     return counts
 
 
