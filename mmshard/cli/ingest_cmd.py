@@ -35,6 +35,7 @@ FLAG_TO_CONFIG = {
     "image_format": "image.format", "image_quality": "image.quality",
     "min_image_size": "image.min_size", "max_pixels": "image.max_pixels",
     "jpeg_draft": "image.jpeg_draft", "upscale": "image.upscale",
+    "image_verify": "image.verify",
     "audio_rate": "audio.sample_rate", "audio_mono": "audio.mono",
     "audio_format": "audio.format", "min_audio_duration": "audio.min_duration",
     "max_audio_duration": "audio.max_duration",
@@ -93,6 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="decode JPEGs at full size before resizing (slower)")
     i.add_argument("--upscale", action="store_const", const=True,
                    help="also enlarge images smaller than the target")
+    i.add_argument("--image-verify", choices=("decode", "structure"),
+                   help="check kept images by a full decode (default) or by header + end "
+                        "marker (about 4x faster repacks)")
     a = p.add_argument_group("audio")
     a.add_argument("--audio-rate", type=int, help="resample to this rate (Hz) and store FLAC")
     a.add_argument("--audio-mono", action="store_const", const=True, help="downmix to mono")

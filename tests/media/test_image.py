@@ -106,3 +106,15 @@ def test_options_validation_lists_allowed_values():
         ImageOptions(resize="squash")
     with pytest.raises(ConfigError, match="size"):
         ImageOptions(resize="shortest")
+
+
+@pytest.mark.parametrize("fmt,field", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")])
+def test_structure_verify_keeps_bytes_and_catches_truncation(fmt, field):
+    data = synth.encode_image(synth.photo_like(120, 80, seed=2), fmt=fmt)
+    out = process_image(data, ImageOptions(verify="structure"))
+    assert out.data is data and out.field == field and out.facts["width"] == 120
+    with pytest.raises(DataError) as e:
+        process_image(data[: int(len(data) * 0.7)], ImageOptions(verify="structure"))
+    assert e.value.reason == "truncated"
+    with pytest.raises(ConfigError, match="structure"):
+        ImageOptions(verify="quick")

@@ -356,3 +356,25 @@ def test_saved_index_is_reused_and_stale_one_refused(tmp_path) -> None:
              progress=False)
     mine(MineConfig(queries=qs, corpus=cs2, out=cfg.out, k=6), progress=False)  # auto rebuild
     assert os.stat(index).st_mtime_ns != stamp
+
+
+@pytest.mark.ray
+def test_ray_executor_gives_the_same_file(tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    from mmshard.pipelines.executor import RayExecutor
+
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        qs, cs, *_ = pair_data(tmp_path, n=120)
+        cfg = MineConfig(queries=qs, corpus=cs, out=str(tmp_path / "neg.parquet"), k=5,
+                         chunk_size=40, strategy=MixedConfig(), seed=3)
+        mine(cfg, progress=False)
+        want = read(cfg.out)
+        os.remove(cfg.out)
+        res = mine(cfg, executor=RayExecutor(), progress=False)
+        assert res.chunks_computed == 3 and read(cfg.out) == want
+    finally:
+        if owns:
+            ray.shutdown()
