@@ -22,6 +22,13 @@ plan -> tasks -> commit, like every mmshard job:
    ``<stem>.scores.png`` (positive vs negative score distributions) and, if any,
    ``<stem>.failures.parquet`` (key, role, reason, detail).
 
+Memory: inputs are memory-mapped, queries are searched in chunks, nothing N x N is
+held; the driver keeps the keys, the index is built from the prepared corpus in blocks.
+Mining 2,000 queries against a 1,000,000 x 512 float32 ``.npy`` corpus with the exact
+index peaked at 6.1 GiB RSS (file-backed pages included).  Disk: the prepared copies
+(N x d x 4 bytes each) and the index live next to ``out`` until the job commits.
+With a Ray executor on several nodes, ``out`` must be on a filesystem every worker sees.
+
 Scores are similarities: inner product (``metric="ip"``) or minus the squared L2
 distance (``"l2"``).  With several positives, ``positive_score`` is the lowest one
 (the strictest reference for the relative false-negative margin).  Unknown keys in the
