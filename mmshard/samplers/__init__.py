@@ -10,10 +10,10 @@ from .negatives import NEGATIVE_STRATEGIES, NegativeCurriculum, build_strategy
 from .order import EpochOrder
 from .splits import assign_split, parse_split_spec
 
-__all__ = sorted([
+__all__ = [
     "BucketBatching", "CurriculumSelector", "EpochOrder", "FRAME_SAMPLERS", "FixedBatching",
     "FpsSampler", "GroupAwareBatching", "KeyframeSampler", "Mixing", "MotionSampler",
     "NEGATIVE_STRATEGIES", "NegativeCoBatching", "NegativeCurriculum", "StrideSampler",
     "TSNSampler", "UniformSampler", "assign_split", "build_frame_sampler", "build_strategy",
     "parse_split_spec",
-])
+]

@@ -20,16 +20,17 @@ from .resolution import (FixedSize, MaxPatches, MultiScaleConfig, MultiScaleSche
 from .units import UnitsConfig, UnitTokenizer
 from .vqvae import VQVAEConfig, VQVAETokenizer, load_vqvae, save_vqvae, train_vqvae
 
-__all__ = sorted([
+__all__ = [
     "Clip", "Codebook", "CodebookConfig", "FbankConfig", "FixedSize", "FixedWindowConfig",
     "FixedWindowPlanner", "KaldiFbank", "KaldiMfcc", "KeyframeDetector", "KeyframesConfig",
     "MaxPatches", "MfccConfig", "MultiScaleConfig", "MultiScaleSchedule", "PackingPlan",
-    "PadToMultiple", "PatchVQConfig", "PatchVQTokenizer", "PluginTokenizer", "ResolutionPolicy",
-    "SceneClipConfig", "SceneClipPlanner", "ShortestSide", "SpectralConfig", "SpectralFeatures",
-    "TOKENIZERS", "Tokenizer", "UnitTokenizer", "UnitsConfig", "VQVAEConfig", "VQVAETokenizer",
-    "WhisperMel", "WhisperMelConfig", "build_tokenizer", "detect_keyframes", "kaldi_fbank",
-    "kaldi_mfcc", "load_tokenizer", "load_vqvae", "log_mel_spectrogram", "mel_filterbank",
-    "plan_packing", "save_vqvae", "smart_resize", "spectral_features", "train_vqvae",
-    "audio_features", "clips", "codebook", "keyframes", "patch_vq", "plugin", "resolution",
-    "units", "vqvae",
-])
+    "PadToMultiple", "PatchVQConfig", "PatchVQTokenizer", "PluginTokenizer",
+    "ResolutionPolicy", "SceneClipConfig", "SceneClipPlanner", "ShortestSide",
+    "SpectralConfig", "SpectralFeatures", "TOKENIZERS", "Tokenizer", "UnitTokenizer",
+    "UnitsConfig", "VQVAEConfig", "VQVAETokenizer", "WhisperMel", "WhisperMelConfig",
+    "audio_features", "build_tokenizer", "clips", "codebook", "detect_keyframes",
+    "kaldi_fbank", "kaldi_mfcc", "keyframes", "load_tokenizer", "load_vqvae",
+    "log_mel_spectrogram", "mel_filterbank", "patch_vq", "plan_packing", "plugin",
+    "resolution", "save_vqvae", "smart_resize", "spectral_features", "train_vqvae", "units",
+    "vqvae",
+]

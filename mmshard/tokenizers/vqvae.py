@@ -501,7 +501,6 @@ def load_vqvae(path: str | os.PathLike[str], *, device: str | None = None) -> An
         raise ConfigError(f"{path} is not an mmshard VQ-VAE checkpoint "
                           f"(format={meta.get('format')!r}, expected {_FORMAT!r})")
     config = config_from_dict(VQVAEConfig, json.loads(meta["config"]))
-    torch = _torch()
     dev = _device(device)
     model = _model_class()(config)
     state = load_file(path, device="cpu")

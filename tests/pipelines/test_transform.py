@@ -12,7 +12,6 @@ from mmshard import synth
 from mmshard.cli.main import main
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, JobError
-from mmshard.media.audio import AudioOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
 from mmshard.pipelines.fit import fit_codebook
 from mmshard.pipelines.ingest import IngestConfig, ingest

@@ -1,0 +1,129 @@
+"""Writing the mining job's outputs: the final Parquet from chunk parts, the failures
+table and the score-histogram PNG.  Split from :mod:`.mine` (the job) to keep each file
+one concern; nothing here is public.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .mine import MineConfig
+
+
+def _draw_histograms(path: str, edges: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                     title: str) -> None:
+    """Positive (blue) vs negative (red) score densities as a PNG, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    w, h, ml, mr, mt, mb = 640, 360, 50, 20, 30, 40
+    img = Image.new("RGB", (w, h), "white")
+    dr = ImageDraw.Draw(img)
+    pw, ph = w - ml - mr, h - mt - mb
+    dens = [c / max(c.sum(), 1) for c in (pos, neg)]
+    top = max(float(max(d.max(initial=0) for d in dens)), 1e-9)
+    nb = len(edges) - 1
+    for d, colour in zip(dens, ((40, 90, 220), (220, 50, 40)), strict=True):
+        pts = []
+        for i in range(nb):
+            x0, x1 = ml + pw * i / nb, ml + pw * (i + 1) / nb
+            y = mt + ph * (1 - d[i] / top)
+            pts += [(x0, y), (x1, y)]
+        dr.line(pts, fill=colour, width=2)
+    dr.rectangle([ml, mt, ml + pw, mt + ph], outline="black")
+    dr.text((ml, h - mb + 8), f"{edges[0]:.3f}", fill="black")
+    dr.text((ml + pw - 40, h - mb + 8), f"{edges[-1]:.3f}", fill="black")
+    dr.text((ml + pw // 2 - 20, h - mb + 8), "score", fill="black")
+    dr.text((ml, 8), title, fill="black")
+    dr.text((ml + pw - 150, mt + 6), "positive", fill=(40, 90, 220))
+    dr.text((ml + pw - 150, mt + 20), "negative", fill=(220, 50, 40))
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndarray,
+            metadata: dict[str, str]) -> dict[str, Any]:
+    """Parts -> final Parquet (temp + rename); returns counts and histograms."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    metas = [json.loads(pq.read_schema(p).metadata[b"mmshard.chunk"]) for p in parts]
+    lo = [m["score_min"] for m in metas if m["score_min"] is not None]
+    hi = [m["score_max"] for m in metas if m["score_max"] is not None]
+    lo_v, hi_v = (min(lo), max(hi)) if lo else (0.0, 1.0)
+    if hi_v <= lo_v:
+        hi_v = lo_v + 1e-6
+    edges = np.linspace(lo_v, hi_v, cfg.histogram_bins + 1)
+    hist_pos = np.zeros(cfg.histogram_bins, np.int64)
+    hist_neg = np.zeros(cfg.histogram_bins, np.int64)
+    removed: dict[str, int] = {}
+    writer = None
+    tmp = f"{cfg.out}.tmp-{os.getpid()}"
+    n_rows = n_negs = 0
+    try:
+        for p, m in zip(parts, metas, strict=True):
+            for g, c in m["removed"].items():
+                removed[g] = removed.get(g, 0) + c
+            t = pq.read_table(p)
+            qr = t.column("query_row").to_numpy()
+            cols: dict[str, Any] = {"query_key": pa.array(qkeys[qr].astype(str), pa.string())}
+            ids_col = t.column("negative_ids").combine_chunks()
+            flat = ids_col.flatten().to_numpy()
+            cols["negative_keys"] = pa.ListArray.from_arrays(
+                ids_col.offsets, pa.array(ckeys[flat].astype(str) if len(flat) else [],
+                                          pa.string()))
+            for name in ("negative_scores", "negative_ranks", "positive_score",
+                         "negative_levels"):
+                if name in t.column_names:
+                    cols[name] = t.column(name).combine_chunks()
+            out = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, out.schema.with_metadata(metadata))
+            writer.write_table(out.replace_schema_metadata(metadata))
+            negs = t.column("negative_scores").combine_chunks().flatten().to_numpy()
+            pos = t.column("positive_score").to_numpy(zero_copy_only=False)
+            pos = pos[np.isfinite(pos)]
+            hist_neg += np.histogram(negs, edges)[0]
+            hist_pos += np.histogram(pos, edges)[0]
+            n_rows += len(t)
+            n_negs += len(negs)
+        if writer is None:  # no usable query: an empty file with the full schema
+            schema = pa.schema([("query_key", pa.string()),
+                                ("negative_keys", pa.list_(pa.string())),
+                                ("negative_scores", pa.list_(pa.float32())),
+                                ("negative_ranks", pa.list_(pa.int32())),
+                                ("positive_score", pa.float32())], metadata=metadata)
+            pq.write_table(schema.empty_table(), tmp)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, cfg.out)
+    return {"edges": edges, "hist_pos": hist_pos, "hist_neg": hist_neg, "removed": removed,
+            "rows": n_rows, "negatives": n_negs,
+            "short": sum(m["short"] for m in metas),
+            "no_positive": sum(m["no_positive"] for m in metas)}
+
+
+def _write_failures(path: str, failures: list[dict[str, str]]) -> str | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not failures:
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    cols = {c: pa.array([f[c] for f in failures], pa.string())
+            for c in ("key", "role", "reason", "detail")}
+    cols["status"] = pa.array(["failed"] * len(failures), pa.string())
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(pa.table(cols), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# -------------------------------------------------------------------------- job
