@@ -2,7 +2,8 @@
 
 Generates its own clips (speech-like harmonic glides, chords, noise; 5-30 s at 16 kHz),
 computes the log-mel of every clip with each implementation (interleaved per clip, so
-load changes hit all three alike), keeps the fastest of --repeats passes, and reports the real-time factor (seconds of audio per
+load changes hit all three alike), keeps the fastest of --repeats passes, and reports the
+real-time factor (seconds of audio per
 second of wall time, higher is better) and the max abs difference to
 ``whisper.log_mel_spectrogram``. librosa runs ``librosa.feature.melspectrogram`` with the
 same STFT/filter parameters followed by whisper's log/clamp/scale.

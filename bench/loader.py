@@ -7,7 +7,8 @@ Generates small JPEGs (random sizes 80..160 px) into mmshard shards (TarWriter +
 index.json), then for each configuration runs one epoch in a fresh subprocess:
 ``decode`` (JPEG -> shortest-side 64 + centre crop -> float32 (3, 64, 64) tensor, the
 same PIL code for both) and ``raw`` (no image decoding: captions only for mmshard, raw
-bytes for webdataset).  Reports samples/s over the epoch (loader construction included), time to first batch
+bytes for webdataset).  Reports samples/s over the epoch (loader construction included),
+time to first batch
 (from constructing the loader; torch and both libraries are imported before), and peak
 RSS of the process tree (main + workers, sampled every 20 ms).  Results:
 ``bench/results/loader.json``.

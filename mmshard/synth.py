@@ -78,7 +78,8 @@ def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sr))
     t = np.arange(n) / sr
-    f0 = 110 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)) + rng.normal(0, 1, n).cumsum() / n
+    f0 = (110 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+          + rng.normal(0, 1, n).cumsum() / n)
     phase = 2 * np.pi * np.cumsum(f0) / sr
     out = np.zeros(n)
     for formant, bw in ((700, 1.0), (1200, 0.5), (2500, 0.25)):

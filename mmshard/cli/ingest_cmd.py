@@ -6,8 +6,14 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import (add_executor_args, human_bytes, load_yaml, make_executor_from_args,
-                      set_path, table)
+from ._common import (
+    add_executor_args,
+    human_bytes,
+    load_yaml,
+    make_executor_from_args,
+    set_path,
+    table,
+)
 
 EXAMPLE = """\
 examples:
@@ -145,11 +151,11 @@ def build_config(args: argparse.Namespace):
         if dest == "split":
             value = [list(s) for s in parse_split_spec(value)]
         set_path(data, path, value)
+    from .._registry import config_from_dict
     from ..media.audio import AudioOptions
     from ..media.image import ImageOptions
     from ..media.video import VideoOptions
     from ..pipelines.sources import SourceOptions
-    from .._registry import config_from_dict
 
     try:
         kinds = {"sources": SourceOptions, "image": ImageOptions, "audio": AudioOptions,

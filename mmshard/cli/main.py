@@ -14,9 +14,9 @@ commands:
   inspect  summarise a dataset                          (mmshard inspect ds)
   verify   re-read and cross-check a dataset            (mmshard verify ds)
   tokenize derived fields as sidecar shards             (mmshard tokenize ds --fields mel)
-  fit-codebook  k-means codebook on a field             (mmshard fit-codebook ds --field mfcc --k 500 --out cb.safetensors)
-  embed    embeddings of a field as a sidecar           (mmshard embed ds --encoder pixels --field jpg)
-  mine     FAISS hard negatives                         (mmshard mine --queries q --corpus c --out neg.parquet)
+  fit-codebook  k-means codebook on a field  (mmshard fit-codebook ds --field mfcc --k 500 ...)
+  embed    embeddings of a field as a sidecar           (mmshard embed ds --encoder hashing ...)
+  mine     FAISS hard negatives                         (mmshard mine --queries q --out n.parquet)
   demo     the whole pipeline on a generated corpus     (mmshard demo /tmp/mmshard-demo)
 Run `mmshard <command> --help` for its options and examples.
 """

@@ -95,9 +95,9 @@ def _read(uri: str, limit: int) -> bytes:
 
 def _sniff(data: bytes) -> str:
     """Field for media whose name had no known extension (URLs like ``/img?id=3``)."""
-    from PIL import Image, UnidentifiedImageError
-
     import io
+
+    from PIL import Image, UnidentifiedImageError
 
     try:
         fmt = Image.open(io.BytesIO(data)).format or ""

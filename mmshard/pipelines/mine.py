@@ -63,14 +63,14 @@ from ..samplers.negatives import (
     strategy_from_dict,
     strategy_to_dict,
 )
+from ._mine_report import _commit, _draw_histograms, _write_failures
 from .embeddings_io import (
-    EmbeddingSource,
     Embeddings,
+    EmbeddingSource,
     load_embeddings,
     read_key_table,
     source_signature,
 )
-from ._mine_report import _commit, _draw_histograms, _write_failures
 from .executor import Executor, LocalExecutor
 from .faiss_index import (
     IndexConfig,
@@ -436,7 +436,8 @@ def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     pos_scores = exact_scores(q, task.positive_ids, corpus, task.metric, fill=np.nan)
     lowest = np.where(np.isnan(pos_scores), np.inf, pos_scores).min(axis=1, initial=np.inf)
     pos_min = np.where(np.isposinf(lowest), np.nan, lowest).astype(np.float32)
-    load = (lambda p: None if p is None else np.load(p, mmap_mode="r", allow_pickle=False))
+    def load(p: str | None) -> np.ndarray | None:
+        return None if p is None else np.load(p, mmap_mode="r", allow_pickle=False)
     strategy = build_strategy(strategy_from_dict(task.strategy))
     batch = CandidateBatch(
         ids=ids, scores=scores, query_index=np.arange(task.start, task.stop, dtype=np.int64),
@@ -603,7 +604,8 @@ def mine(config: MineConfig, *, executor: Executor | None = None,
             pos = np.full((b - a, width), -1, np.int64)
             for i in np.nonzero(cnt)[0]:
                 pos[i, : cnt[i]] = pos_ids[indptr[a + i]: indptr[a + i + 1]]
-            sl = (lambda x: None if x is None else np.ascontiguousarray(x[a:b]))
+            def sl(x, a=a, b=b):  # rows a:b of an optional per-query array
+                return None if x is None else np.ascontiguousarray(x[a:b])
             yield _ChunkTask(
                 chunk=c, start=a, stop=b,
                 part_path=os.path.join(parts_dir, f"chunk-{c:05d}.parquet"),

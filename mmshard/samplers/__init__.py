@@ -1,10 +1,23 @@
 """Pure, seeded, checkpointable index logic: splits, epoch order, batching, mixing,
 frame samplers and hard-negative strategies/curricula.  No Ray, no pipelines."""
 
-from .batching import (BucketBatching, CurriculumSelector, FixedBatching, GroupAwareBatching,
-                       NegativeCoBatching)
-from .frames import (FRAME_SAMPLERS, FpsSampler, KeyframeSampler, MotionSampler, StrideSampler,
-                     TSNSampler, UniformSampler, build_frame_sampler)
+from .batching import (
+                       BucketBatching,
+                       CurriculumSelector,
+                       FixedBatching,
+                       GroupAwareBatching,
+                       NegativeCoBatching,
+)
+from .frames import (
+                       FRAME_SAMPLERS,
+                       FpsSampler,
+                       KeyframeSampler,
+                       MotionSampler,
+                       StrideSampler,
+                       TSNSampler,
+                       UniformSampler,
+                       build_frame_sampler,
+)
 from .mixing import Mixing
 from .negatives import NEGATIVE_STRATEGIES, NegativeCurriculum, build_strategy
 from .order import EpochOrder

@@ -5,18 +5,39 @@ Importing the package registers every built-in tokenizer in :data:`TOKENIZERS`.
 """
 
 from . import audio_features, clips, codebook, keyframes, patch_vq, plugin, resolution, units, vqvae
-from .audio_features import (FbankConfig, KaldiFbank, KaldiMfcc, MfccConfig, SpectralConfig,
-                             SpectralFeatures, WhisperMel, WhisperMelConfig, kaldi_fbank,
-                             kaldi_mfcc, log_mel_spectrogram, mel_filterbank, spectral_features)
+from .audio_features import (
+                             FbankConfig,
+                             KaldiFbank,
+                             KaldiMfcc,
+                             MfccConfig,
+                             SpectralConfig,
+                             SpectralFeatures,
+                             WhisperMel,
+                             WhisperMelConfig,
+                             kaldi_fbank,
+                             kaldi_mfcc,
+                             log_mel_spectrogram,
+                             mel_filterbank,
+                             spectral_features,
+)
 from .base import TOKENIZERS, Tokenizer, build_tokenizer
 from .clips import Clip, FixedWindowConfig, FixedWindowPlanner, SceneClipConfig, SceneClipPlanner
 from .codebook import Codebook, CodebookConfig
 from .keyframes import KeyframeDetector, KeyframesConfig, detect_keyframes
 from .patch_vq import PatchVQConfig, PatchVQTokenizer
 from .plugin import PluginTokenizer, load_tokenizer
-from .resolution import (FixedSize, MaxPatches, MultiScaleConfig, MultiScaleSchedule,
-                         PackingPlan, PadToMultiple, ResolutionPolicy, ShortestSide,
-                         plan_packing, smart_resize)
+from .resolution import (
+                             FixedSize,
+                             MaxPatches,
+                             MultiScaleConfig,
+                             MultiScaleSchedule,
+                             PackingPlan,
+                             PadToMultiple,
+                             ResolutionPolicy,
+                             ShortestSide,
+                             plan_packing,
+                             smart_resize,
+)
 from .units import UnitsConfig, UnitTokenizer
 from .vqvae import VQVAEConfig, VQVAETokenizer, load_vqvae, save_vqvae, train_vqvae
 

@@ -51,7 +51,8 @@ def test_pad_multiple_pads_to_patch_and_records_valid_region():
 
 def test_no_upscale_by_default_but_upscale_on_request():
     assert target_size(100, 80, ImageOptions(resize="shortest", size=160)) == (100, 80)
-    assert target_size(100, 80, ImageOptions(resize="shortest", size=160, upscale=True)) == (200, 160)
+    up = ImageOptions(resize="shortest", size=160, upscale=True)
+    assert target_size(100, 80, up) == (200, 160)
 
 
 def test_exif_orientation_is_applied_when_reencoding():

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from mmshard.media.image import ImageOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
 from mmshard.pipelines.ingest import IngestConfig, ingest
 from mmshard.pipelines.verify import verify_dataset
-from mmshard.media.image import ImageOptions
 from tests.conftest import write_image, write_text
 from tests.pipelines.test_ingest import read_tree
 

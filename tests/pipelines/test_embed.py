@@ -21,7 +21,8 @@ def photos(tmp_path):
     src = tmp_path / "src"
     for i in range(6):
         write_image(str(src / f"p{i}.jpg"), 48, 40, seed=i)
-        write_text(str(src / f"p{i}.txt"), f"photo number {i} of a red {'car' if i % 2 else 'boat'}")
+        thing = "car" if i % 2 else "boat"
+        write_text(str(src / f"p{i}.txt"), f"photo number {i} of a red {thing}")
     write_image(str(src / "nocap.jpg"), 48, 40, seed=9)  # an image without a caption
     ingest([str(src)], str(tmp_path / "ds"), IngestConfig(max_samples=4), executor=LocalExecutor(1))
     return tmp_path / "ds"

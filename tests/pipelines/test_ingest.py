@@ -9,12 +9,12 @@ import pytest
 
 from mmshard.dataset import open_dataset
 from mmshard.errors import JobError
+from mmshard.media.audio import AudioOptions
+from mmshard.media.image import ImageOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
 from mmshard.pipelines.ingest import FailureRateError, IngestConfig, ingest
 from mmshard.pipelines.sources import SourceOptions
 from mmshard.pipelines.verify import verify_dataset
-from mmshard.media.image import ImageOptions
-from mmshard.media.audio import AudioOptions
 from tests.conftest import write_image, write_text
 
 LENIENT = dict(max_failure_rate=1.0)

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmshard.errors import JobError
+from mmshard.media.image import ImageOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
 from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.media.image import ImageOptions
 from mmshard.pipelines.verify import verify_dataset
 from mmshard.tario import iter_tar
 from tests.conftest import write_image, write_text

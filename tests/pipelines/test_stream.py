@@ -171,7 +171,8 @@ def test_negatives_co_batched_with_masks(tmp_path):
     path = tmp_path / "neg.parquet"
     pq.write_table(pa.table({
         "query_key": keys, "negative_keys": [[keys[(i + 5) % 12]] for i in range(12)],
-        "negative_scores": [[0.5]] * 12, "negative_ranks": [[1]] * 12, "positive_score": [0.9] * 12}), path)
+        "negative_scores": [[0.5]] * 12, "negative_ranks": [[1]] * 12,
+        "positive_score": [0.9] * 12}), path)
     ld = Loader(str(tmp_path), batch_size=4, seed=2, batching=NegativeCoBatching(
         negatives=NegativeTable.from_parquet(str(path)), per_query=1))
     npairs = 0

@@ -32,7 +32,8 @@ def test_train_clip_resumes_like_an_uninterrupted_run(tmp_path, train_clip):
     neg = tmp_path / "neg.parquet"
     pq.write_table(pa.table({
         "query_key": keys, "negative_keys": [[keys[(i + 3) % 12]] for i in range(12)],
-        "negative_scores": [[0.5]] * 12, "negative_ranks": [[1]] * 12, "positive_score": [0.9] * 12}), neg)
+        "negative_scores": [[0.5]] * 12, "negative_ranks": [[1]] * 12,
+        "positive_score": [0.9] * 12}), neg)
     common = [str(tmp_path / "ds"), "--batch-size", "4", "--image-size", "16",
               "--negatives", str(neg)]
     full = train_clip.main([*common, "--steps", "5", "--out", str(tmp_path / "a")])

@@ -63,7 +63,8 @@ def test_mel_sidecar_matches_the_tokenizer_and_joins_by_key(dataset):
     x, sr = sf.read(io.BytesIO(base["speech__u1"]["wav"]), dtype="float32")
     want = WhisperMel()(x, sr).astype(np.float16)
     got = np.load(io.BytesIO(mel["speech__u1"]["mel.npy"]), allow_pickle=False)
-    assert got.dtype == np.float16 and got.shape == (80, len(x) // 160)  # whisper drops the last frame
+    # whisper drops the last STFT frame: len // 160 frames
+    assert got.dtype == np.float16 and got.shape == (80, len(x) // 160)
     np.testing.assert_array_equal(got, want)
     tone = np.load(io.BytesIO(mel["tone__t"]["mel.npy"]))  # 8 kHz: resampled to 16 kHz
     assert tone.shape == (80, 8000 // 160)  # 0.5 s at 16 kHz
