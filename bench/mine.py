@@ -113,6 +113,7 @@ def w_st(d: str, k: int) -> dict:
 
     class Lookup(torch.nn.Module):  # duck-typed "model": text -> the stored vector
         similarity_fn_name = "cosine"
+        device = torch.device("cpu")
 
         def encode(self, texts, **kw):
             v = np.stack([table[t] for t in texts])
@@ -120,6 +121,16 @@ def w_st(d: str, k: int) -> dict:
 
         def similarity(self, a, b):
             return torch.as_tensor(a) @ torch.as_tensor(b).T
+
+        encode_query = encode_document = encode  # sentence-transformers >= 5 calls these
+
+        def get_embedding_dimension(self):
+            return x.shape[1]
+
+        get_sentence_embedding_dimension = get_embedding_dimension
+
+        def similarity_pairwise(self, a, b):
+            return (torch.as_tensor(a) * torch.as_tensor(b)).sum(-1)
 
     ds = Dataset.from_dict({"anchor": [f"q{i}" for i in range(len(q))],
                             "positive": [f"c{i}" for i in pos]})

@@ -55,6 +55,28 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def _bounded(args: Iterable[A], limit: int, *, submit: Callable[[A], Any],
+             wait: Callable[[dict[Any, int]], Iterable[Any]],
+             result: Callable[[Any], R]) -> Iterator[tuple[int, R]]:
+    """Keep at most ``limit`` submitted; yield ``(index, result)`` as handles finish."""
+    pending: dict[Any, int] = {}
+    it = enumerate(args)
+    exhausted = False
+    while pending or not exhausted:
+        while not exhausted and len(pending) < limit:
+            try:
+                i, a = next(it)
+            except StopIteration:
+                exhausted = True
+                break
+            pending[submit(a)] = i
+        if not pending:
+            break
+        for handle in wait(pending):
+            i = pending.pop(handle)
+            yield i, result(handle)
+
+
 class LocalExecutor:
     """In-process executor: sequential for ``workers=1``, a thread pool otherwise.
 
@@ -73,24 +95,12 @@ class LocalExecutor:
             for i, a in enumerate(args):
                 yield i, fn(a)
             return
-        limit = max_in_flight or 2 * self.workers
         with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="mmshard") as pool:
-            pending: dict[cf.Future[R], int] = {}
-            it = enumerate(args)
-            exhausted = False
-            while pending or not exhausted:
-                while not exhausted and len(pending) < limit:
-                    try:
-                        i, a = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending[pool.submit(fn, a)] = i
-                if not pending:
-                    break
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    yield pending.pop(fut), fut.result()
+            yield from _bounded(
+                args, max_in_flight or 2 * self.workers,
+                submit=lambda a: pool.submit(fn, a),
+                wait=lambda pending: cf.wait(pending, return_when=cf.FIRST_COMPLETED)[0],
+                result=lambda fut: fut.result())
 
     def close(self) -> None:
         pass
@@ -142,24 +152,9 @@ class RayExecutor:
             num_cpus=self.num_cpus_per_task, max_retries=self.max_retries,
             retry_exceptions=False,
         )
-        limit = max_in_flight or 2 * self.workers
-        pending: dict[Any, int] = {}
-        it = enumerate(args)
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < limit:
-                try:
-                    i, a = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending[remote.remote(a)] = i
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                i = pending.pop(ref)
-                yield i, self._get(ref)
+        yield from _bounded(
+            args, max_in_flight or 2 * self.workers, submit=remote.remote,
+            wait=lambda pending: ray.wait(list(pending), num_returns=1)[0], result=self._get)
 
     def _get(self, ref: Any) -> Any:
         ray = self._ray
