@@ -18,7 +18,8 @@ examples:
   mmshard fit-codebook data/photos --field jpg --patch 16 --k 1024 --out vq1024.safetensors
   mmshard tokenize data/photos --fields vq --codebook vq1024.safetensors
 Field sets: mel (Whisper log-mel), fbank, mfcc, spectral (zcr, energy, centroid, rolloff),
-units (discrete audio units), keyframes (shot cuts + thumbnails), vq (patch VQ ids).
+units (discrete audio units), keyframes (shot cuts + thumbnails), vq (patch VQ ids),
+vqvae (VQ-VAE ids, --codebook CKPT), tokenizer (a plug-in: --option tokenizer.factory=m:f).
 Each writes <dataset>/<field-set>/<shard>.tar with the base shard's keys, plus index.json,
 ledger.parquet and stats.json. Reruns resume.
 """
@@ -55,6 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML: {field set: {option: value}}; --option overrides")
     p.add_argument("--codebook", help="codebook/tokenizer file for units or vq")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples tokenized per call (default 1 on CPU, 16 on CUDA)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute field sets that exist with other options")
     add_executor_args(p)
@@ -87,7 +90,7 @@ def build_field_sets(args: argparse.Namespace) -> dict[str, dict]:
             raise ConfigError(f"--option {fs}.{opt}: {fs!r} is not in --fields {args.fields}")
         out[fs][opt] = value
     if args.codebook:
-        for n, key in (("units", "codebook_path"), ("vq", "codebook_path")):
+        for n, key in (("units", "codebook_path"), ("vq", "codebook_path"), ("vqvae", "path")):
             if n in out:
                 out[n].setdefault(key, args.codebook)
     return out
@@ -100,7 +103,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
     executor = make_executor_from_args(args)
     try:
         result = tokenize(args.dataset, field_sets, executor=executor, device=args.device,
-                          overwrite=args.overwrite, progress=not args.no_progress)
+                          overwrite=args.overwrite, progress=not args.no_progress,
+                          batch_size=args.batch_size)
     finally:
         executor.close()
     print(table([(n, s["ok"], s["failed"], s["skipped"], s["bytes"],

@@ -205,6 +205,7 @@ def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64
     loader = Loader(DatasetSource(root=str(dataset), split=split, field_sets=(),
                                   storage_options=storage_options),
                     batch_size=batch_size, seed=seed, split=split, num_workers=num_workers,
+                    rank=0, world_size=1,  # one trainer reads everything, even under DDP
                     batching=_image_batching(), on_error="skip",
                     decode=DecodeConfig(image=ImageDecode(
                         resize=ShortestSideCrop(size=image_size), dtype="uint8"),

@@ -37,13 +37,18 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 @dataclass
 class FieldSet:
-    """A built field set: ``compute(medium) -> {field: bytes}`` plus its provenance."""
+    """A built field set: ``compute(medium) -> {field: bytes}`` plus its provenance.
+
+    ``compute_batch`` (optional) does the same for a list of media at once (one batched
+    pass, e.g. on a GPU); it must give exactly what ``compute`` gives per item.
+    """
 
     name: str
     modality: str
     outputs: tuple[str, ...]
     compute: Callable[[Any], dict[str, bytes]]
     provenance: dict[str, Any]
+    compute_batch: Callable[[list[Any]], list[dict[str, bytes]]] | None = None
 
 
 FIELD_SETS: Registry[Callable[[Mapping[str, Any], str, str], FieldSet]] = Registry("field set")
@@ -67,7 +72,18 @@ def _feature(name: str, tokenizer: str, field: str) -> None:
                 out = out.cpu().numpy()
             return {field: npy_bytes(np.asarray(out).astype(tok.storage_dtype))}
 
-        return FieldSet(name, "audio", (field,), compute, tok.provenance())
+        compute_batch = None
+        if tokenizer == "whisper_mel":
+            from ..tokenizers.audio_features import as_mono_waveform, log_mel_batch
+
+            def compute_batch(items: list[tuple[np.ndarray, int]]) -> list[dict[str, bytes]]:
+                xs = [as_mono_waveform(x, sr, tok.sample_rate) for x, sr in items]
+                mels = log_mel_batch(xs, tok.config.n_mels, pad_or_trim=tok.config.pad_or_trim,
+                                     device=device)
+                return [{field: npy_bytes(m.cpu().numpy().astype(tok.storage_dtype))}
+                        for m in mels]
+
+        return FieldSet(name, "audio", (field,), compute, tok.provenance(), compute_batch)
 
     FIELD_SETS.register(name)(factory)
 
@@ -188,6 +204,16 @@ def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
 _CACHE: dict[str, FieldSet] = {}
 
 
+def _file_identity(value: str) -> list[int] | None:
+    import os
+
+    try:
+        st = os.stat(value)
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns] if os.path.isfile(value) else None
+
+
 def build_field_set(name: str, options: Mapping[str, Any] | None = None,
                     device: str = "cpu") -> FieldSet:
     """Build (once per process) the field set ``name`` with ``options``.
@@ -195,7 +221,10 @@ def build_field_set(name: str, options: Mapping[str, Any] | None = None,
     ``options["kind"]`` names the registered field set when ``name`` is a custom output
     name (``{"emb_txt": {"kind": "emb", "encoder": "hashing", "field": "txt"}}``).
     """
-    key = json.dumps([name, dict(options or {}), device], sort_keys=True, default=str)
+    opts_in = dict(options or {})
+    files = {k: _file_identity(v) for k, v in opts_in.items() if isinstance(v, str)}
+    # a codebook/checkpoint rewritten at the same path must not hit the cache
+    key = json.dumps([name, opts_in, device, files], sort_keys=True, default=str)
     if key not in _CACHE:
         opts = dict(options or {})
         kind = opts.pop("kind", name)
@@ -240,3 +269,6 @@ def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise DataError("corrupt_image", f"image does not decode: {e}") from e
+
+
+from . import transform_vision  # noqa: E402,F401  (registers vqvae, tokenizer)

@@ -14,14 +14,18 @@ Importing this module registers two field sets in
   retrained checkpoint at the same path is noticed by a rerun.
 - ``tokenizer`` -- any ``package.module:factory`` plug-in
   (:func:`mmshard.tokenizers.plugin.load_tokenizer`).  Reserved options: ``factory``
-  (the spec, required), ``field`` (``jpg``/``png``/``webp`` images, default ``jpg``;
-  ``txt`` text and audio fields work too), ``allow_float`` (store float outputs instead
-  of refusing them, default false) and ``store_dtype`` (cast ids to this integer dtype,
-  values checked); every other option is a keyword argument of the factory, which also
-  gets ``device=`` when its signature takes one.  Each sample is encoded as a batch of
-  one, ``encode([medium])[0]``: an image is an RGB ``uint8 [H, W, 3]`` array, text a
-  ``str``, audio a ``(float32 mono waveform, sample_rate)`` tuple.  The ids land in
-  ``<name>.npy`` (``tokenizer.npy`` by default).
+  (the spec, required), ``field`` (``jpg``/``png``/``webp``, default ``jpg``: the
+  sample's image, whichever of those formats it is stored in; ``txt`` and audio or video
+  fields work too), ``allow_float`` (store float outputs instead of refusing them with a
+  ``float_output`` ledger row; default false) and ``store_dtype`` (cast ids to this
+  integer dtype, values checked; default: the plug-in's ``storage_dtype`` if it declares
+  one, else the dtype it returns); every other option is a keyword argument of the
+  factory, which also gets ``device=`` when its signature names that parameter (the
+  device is left out of the provenance).  Each sample is encoded as a batch of one,
+  ``encode([medium])[0]``: an image is an RGB ``uint8 [H, W, 3]`` array, text a ``str``,
+  audio a ``(float32 mono waveform, sample_rate)`` tuple, video the file's bytes.  The
+  ids land in ``<name>.npy`` (``tokenizer.npy`` by default).  With the Ray executor the
+  plug-in module must be importable on every worker (installed, or on ``PYTHONPATH``).
 
 >>> from mmshard.pipelines.transform_fields import build_field_set   # doctest: +SKIP
 >>> fs = build_field_set("vqvae", {"path": "vq.safetensors", "image_size": 64})  # doctest: +SKIP
@@ -131,7 +135,7 @@ def _takes_device(factory: Any) -> bool:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins / C callables: do not guess
         return False
-    return "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return "device" in params  # not **kwargs: those may go somewhere that rejects it
 
 
 def _as_ids(out: Any, spec: str, allow_float: bool, store_dtype: np.dtype | None

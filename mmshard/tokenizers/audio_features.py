@@ -52,6 +52,7 @@ __all__ = [
     "as_mono_waveform",
     "kaldi_fbank",
     "kaldi_mfcc",
+    "log_mel_batch",
     "log_mel_spectrogram",
     "mel_filterbank",
     "spectral_features",
@@ -239,6 +240,52 @@ def log_mel_spectrogram(
     floor = log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0
     log_spec = torch.maximum(log_spec, floor)
     return log_spec.add_(4.0).div_(4.0)
+
+
+def log_mel_batch(clips: list[np.ndarray | torch.Tensor], n_mels: int = 80, *,
+                  pad_or_trim: bool = False, device: str | torch.device | None = None
+                  ) -> list[torch.Tensor]:
+    """Log-mel of clips of different lengths in one batched STFT (the GPU path).
+
+    Each row is the clip, then the 200-sample reflection ``torch.stft(center=True)`` would
+    add at its end, then zeros; frames and the 8-dB clamp are taken per clip, so every
+    result equals ``log_mel_spectrogram(clip)`` (same device: within float rounding).
+
+    >>> a, b = np.ones(4000, np.float32), np.ones(6400, np.float32)
+    >>> [m.shape[-1] for m in log_mel_batch([a, b])]
+    [25, 40]
+    """
+    if pad_or_trim:  # every clip becomes 30 s: one rectangular batch, exactly whisper's
+        rows = [torch.as_tensor(c, dtype=torch.float32)[:WHISPER_N_SAMPLES] for c in clips]
+        x = torch.stack([torch.nn.functional.pad(r, (0, WHISPER_N_SAMPLES - r.shape[0]))
+                         for r in rows])
+        out = log_mel_spectrogram(x.to(device) if device else x, n_mels)
+        return list(out.unbind(0))
+    if n_mels not in (80, 128):
+        raise ConfigError(f"n_mels must be 80 or 128 (whisper's filterbanks), got {n_mels!r}")
+    half = WHISPER_N_FFT // 2
+    xs = [torch.as_tensor(c, dtype=torch.float32).to(device or "cpu") for c in clips]
+    for c in xs:
+        if c.ndim != 1 or c.shape[0] <= half:
+            raise DataError("too_short", f"every clip must be 1-D with more than {half} "
+                            f"samples, got {tuple(c.shape)}")
+    width = max(c.shape[0] for c in xs) + half
+    rows = torch.zeros((len(xs), width), dtype=torch.float32, device=xs[0].device)
+    for i, c in enumerate(xs):
+        n = c.shape[0]
+        rows[i, :n] = c
+        rows[i, n:n + half] = c[n - half - 1:n - 1].flip(0)  # what center=True reflects
+    stft = torch.stft(rows, WHISPER_N_FFT, WHISPER_HOP_LENGTH,
+                      window=_hann_on(WHISPER_N_FFT, rows.device), return_complex=True)
+    ri = torch.view_as_real(stft)
+    power = ri[..., 0].square().add_(ri[..., 1].square())
+    log_spec = _apply_filters(power, n_mels).clamp_(min=1e-10).log10_()
+    out = []
+    for i, c in enumerate(xs):
+        m = log_spec[i, :, : c.shape[0] // WHISPER_HOP_LENGTH]
+        m = torch.maximum(m, m.amax() - 8.0)
+        out.append(m.add(4.0).div(4.0))
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

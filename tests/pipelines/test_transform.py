@@ -173,3 +173,12 @@ def test_ray_executor_gives_identical_sidecars(ray_cluster, dataset):
     local = {p.name: p.read_bytes() for p in (dataset / "mel").glob("*.tar")}
     tokenize(str(dataset), {"mel": {}}, executor=RayExecutor(), overwrite=True)
     assert {p.name: p.read_bytes() for p in (dataset / "mel").glob("*.tar")} == local
+
+
+def test_batched_log_mel_path_gives_the_same_bytes(dataset):
+    """The GPU path (clips of different lengths in one STFT) run on the CPU."""
+    tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1), batch_size=1)
+    one = {p.name: p.read_bytes() for p in (dataset / "mel").glob("*.tar")}
+    tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1), batch_size=4,
+             overwrite=True)
+    assert {p.name: p.read_bytes() for p in (dataset / "mel").glob("*.tar")} == one

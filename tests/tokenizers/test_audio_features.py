@@ -284,3 +284,19 @@ def test_read_only_and_strided_numpy_input(synth) -> None:
     np.testing.assert_array_equal(WhisperMel()(frozen, SR), WhisperMel()(x, SR))
     rev = log_mel_spectrogram(x[::-1], 80)  # negative strides
     assert (rev - log_mel_spectrogram(x[::-1].copy(), 80)).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_ragged_batch_equals_single_clips(n_mels):
+    from mmshard.synth import speech_like
+    from mmshard.tokenizers.audio_features import log_mel_batch
+
+    rng = np.random.default_rng(3)
+    clips = [speech_like(n / SR, SR, seed=i) for i, n in enumerate((401, 1600, 16_161, 5_003))]
+    clips[1] = clips[1] * 0.01 + 0.3 * rng.standard_normal(1600).astype(np.float32)
+    for clip, mel in zip(clips, log_mel_batch(clips, n_mels), strict=True):
+        ref = log_mel_spectrogram(clip, n_mels)
+        assert mel.shape == ref.shape
+        assert float((mel - ref).abs().max()) <= 1e-5
+    padded = log_mel_batch(clips[:2], n_mels, pad_or_trim=True)
+    assert [m.shape[-1] for m in padded] == [3000, 3000]
