@@ -4,8 +4,10 @@ Generates synthetic videos with known hard cuts and one dissolve each (moving te
 noise, gradients, shapes, pans), then in one run:
 
 1. shot-cut detection: mmshard's KeyframeDetector (adaptive; gradual-tolerant;
-   gradual + Farneback flow) and PySceneDetect's ContentDetector (when ``scenedetect``
-   is importable; otherwise the row says "not installed") -- precision, recall, F1
+   gradual + Farneback flow; gradual with OpenCV decoding) and PySceneDetect's
+   ContentDetector (default settings), run as a subprocess in a separate venv that has
+   ``scenedetect-headless`` (``--scenedetect-python``, default bench/.venv-scenedetect;
+   the row says "not installed" without one) -- precision, recall, F1
    against the ground truth (hard cut within +/-1 frame; the dissolve anywhere inside
    its span +/-2 frames) and frames/s;
 2. decoding with each VideoReader backend: full sequential pass and sparse access
@@ -13,6 +15,8 @@ noise, gradients, shapes, pans), then in one run:
 
 Prints a table and writes bench/results/video.json.
 
+    python -m venv --system-site-packages bench/.venv-scenedetect
+    bench/.venv-scenedetect/bin/pip install scenedetect-headless   # keeps the system cv2
     python bench/video.py --quick
     python bench/video.py --videos 6 --frames 900 --width 320 --height 240
 """
@@ -101,16 +105,41 @@ def run_mmshard(videos: list[dict], cfg: KeyframesConfig) -> tuple[list[list[int
     return preds, time.perf_counter() - t0
 
 
-def run_scenedetect(videos: list[dict]) -> tuple[list[list[int]], float] | None:
-    try:
-        from scenedetect import ContentDetector, detect
-    except ImportError:
+SD_SCRIPT = """
+import json, sys, time
+from scenedetect import ContentDetector, detect
+paths = json.loads(sys.argv[1])
+preds, t0 = [], time.perf_counter()
+for p in paths:
+    scenes = detect(p, ContentDetector())
+    preds.append([s[0].get_frames() for s in scenes[1:]])
+secs = time.perf_counter() - t0
+import scenedetect
+print(json.dumps({"preds": preds, "seconds": secs, "version": scenedetect.__version__}))
+"""
+
+
+def run_scenedetect(videos: list[dict], python: Path | None
+                    ) -> tuple[list[list[int]], float, str] | None:
+    """PySceneDetect's ContentDetector (default settings) on the same files.
+
+    Runs in ``python`` (a separate venv that has scenedetect) as a subprocess; the time
+    is measured inside it around the detection loop only (no interpreter start or
+    import).  Falls back to this interpreter when scenedetect is importable here."""
+    import importlib.util
+    import subprocess
+
+    exe = None
+    if python is not None and python.exists():
+        exe = str(python)
+    elif importlib.util.find_spec("scenedetect") is not None:
+        exe = sys.executable
+    if exe is None:
         return None
-    preds, t0 = [], time.perf_counter()
-    for v in videos:
-        scenes = detect(str(v["path"]), ContentDetector())
-        preds.append([s[0].get_frames() for s in scenes[1:]])
-    return preds, time.perf_counter() - t0
+    res = subprocess.run([exe, "-c", SD_SCRIPT, json.dumps([str(v["path"]) for v in videos])],
+                         capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return out["preds"], out["seconds"], out["version"]
 
 
 def bench_decode(videos: list[dict], sparse_n: int, seed: int) -> list[dict]:
@@ -146,6 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenedetect-python", type=Path,
+                    default=Path(__file__).parent / ".venv-scenedetect" / "bin" / "python",
+                    help="python of a venv with scenedetect-headless (made by: python -m venv "
+                         "--system-site-packages bench/.venv-scenedetect && "
+                         "bench/.venv-scenedetect/bin/pip install scenedetect-headless)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "video.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -161,13 +195,15 @@ def main(argv: list[str] | None = None) -> dict:
             "mmshard hist (adaptive)": KeyframesConfig(),
             "mmshard hist + gradual": KeyframesConfig(gradual=True),
             "mmshard hist + gradual + flow": KeyframesConfig(gradual=True, use_flow=True),
+            "mmshard hist + gradual, opencv": KeyframesConfig(gradual=True, backend="opencv"),
         }
         det_rows = []
         for name, cfg in methods.items():
             preds, secs = run_mmshard(videos, cfg)
             det_rows.append((name, preds, secs))
-        sd = run_scenedetect(videos)
-        det_rows.append(("PySceneDetect ContentDetector", *(sd or (None, None))))
+        sd = run_scenedetect(videos, args.scenedetect_python)
+        sd_version = sd[2] if sd else None
+        det_rows.append(("PySceneDetect ContentDetector", *(sd[:2] if sd else (None, None))))
         detection = []
         for name, preds, secs in det_rows:
             if preds is None:
@@ -191,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "dissolves": sum(1 for v in videos if v["dissolve"])},
         "generate_s": round(gen_s, 2),
         "detection": detection,
+        "scenedetect_version": sd_version,
         "decode": decode,
         "machine": {"python": platform.python_version(), "cpu": platform.processor()
                     or platform.machine()},

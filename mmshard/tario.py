@@ -16,6 +16,7 @@ tars on any machine, executor or worker count.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import tarfile
@@ -25,10 +26,33 @@ from typing import IO, Any
 from .errors import ShardError
 from .keys import KEY_RE
 
-__all__ = ["FIXED_MTIME", "TarWriter", "iter_tar", "split_member_name"]
+__all__ = ["FIXED_MTIME", "HashingWriter", "TarWriter", "iter_tar", "split_member_name"]
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: reproducible and tar-tool friendly
 FIELD_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+class HashingWriter:
+    """A write-through wrapper that counts bytes and hashes them (sha256) on the way, so
+    a shard's size and digest for ``index.json`` need no second read.
+
+    >>> w = HashingWriter(io.BytesIO()); _ = w.write(b"abc"); w.n, w.hexdigest()[:8]
+    (3, 'ba7816bf')
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
 
 
 class TarWriter:

@@ -16,6 +16,7 @@ commands:
   tokenize derived fields as sidecar shards             (mmshard tokenize ds --fields mel)
   fit-codebook  k-means codebook on a field  (mmshard fit-codebook ds --field mfcc --k 500 ...)
   train-vq VQ-VAE image tokenizer from a dataset       (mmshard train-vq ds --k 1024 ...)
+  clips    cut videos into clips (a new dataset)        (mmshard clips ds --out clips --window 10)
   embed    embeddings of a field as a sidecar           (mmshard embed ds --encoder hashing ...)
   mine     FAISS hard negatives                         (mmshard mine --queries q --out n.parquet)
   demo     the whole pipeline on a generated corpus     (mmshard demo /tmp/mmshard-demo)
@@ -24,7 +25,16 @@ Run `mmshard <command> --help` for its options and examples.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo_cmd, embed_cmd, ingest_cmd, inspect_cmd, mine_cmd, tokenize_cmd, vq_cmd
+    from . import (
+        clips_cmd,
+        demo_cmd,
+        embed_cmd,
+        ingest_cmd,
+        inspect_cmd,
+        mine_cmd,
+        tokenize_cmd,
+        vq_cmd,
+    )
 
     p = argparse.ArgumentParser(prog="mmshard", description="The data layer for multimodal "
                                 "training.", epilog=EPILOG,
@@ -35,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_parsers(sub)
     tokenize_cmd.add_parsers(sub)
     vq_cmd.add_parser(sub)
+    clips_cmd.add_parser(sub)
     embed_cmd.add_parser(sub)
     _add_mine(sub, mine_cmd)
     demo_cmd.add_parser(sub)

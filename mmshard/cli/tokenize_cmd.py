@@ -18,7 +18,8 @@ examples:
   mmshard fit-codebook data/photos --field jpg --patch 16 --k 1024 --out vq1024.safetensors
   mmshard tokenize data/photos --fields vq --codebook vq1024.safetensors
 Field sets: mel (Whisper log-mel), fbank, mfcc, spectral (zcr, energy, centroid, rolloff),
-units (discrete audio units), keyframes (shot cuts + thumbnails), vq (patch VQ ids),
+units (discrete audio units), keyframes (shot cuts + thumbnails), frames (sampled frame
+thumbnails, --option frames.sampler=tsn), vq (patch VQ ids),
 vqvae (VQ-VAE ids, --codebook CKPT), tokenizer (a plug-in: --option tokenizer.factory=m:f).
 Each writes <dataset>/<field-set>/<shard>.tar with the base shard's keys, plus index.json,
 ledger.parquet and stats.json. Reruns resume.

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from ..errors import DataError
 from ..keys import modality_of
@@ -23,7 +23,7 @@ from ..media.audio import AudioOptions, process_audio
 from ..media.image import ImageOptions, ProcessedMedia, process_image
 from ..media.video import VideoOptions, process_video
 from ..storage import Storage, open_input
-from ..tario import TarWriter
+from ..tario import HashingWriter, TarWriter
 from .sources import InputItem
 
 __all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",
@@ -71,18 +71,6 @@ class ShardResult:
 class _AbortEmpty(Exception):
     """Raised inside the atomic writer to discard a tar with no samples."""
 
-
-class _HashingWriter:
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.h.update(b)
-        self.n += len(b)
-        return self.f.write(b)
-
-    def flush(self) -> None:
-        self.f.flush()
 
 
 def _read(uri: str, limit: int) -> bytes:
@@ -235,7 +223,7 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     info: dict[str, Any] = {}
     try:
         with storage.atomic_writer(tar_rel) as raw:
-            hw = _HashingWriter(raw)
+            hw = HashingWriter(raw)
             writer = TarWriter(hw)  # type: ignore[arg-type]
             for item in task.items:
                 try:
@@ -261,7 +249,7 @@ def run_shard_task(task: ShardTask) -> ShardResult:
             writer.close()
             if writer.count == 0:
                 raise _AbortEmpty
-            info = {"url": tar_rel, "filesize": hw.n, "sha256": hw.h.hexdigest()}
+            info = {"url": tar_rel, "filesize": hw.n, "sha256": hw.hexdigest()}
     except _AbortEmpty:
         info = {}
     seconds = time.perf_counter() - t0

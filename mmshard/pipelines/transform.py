@@ -13,7 +13,6 @@ field set gets ``index.json`` (with the tokenizer provenance), ``ledger.parquet`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any
 from ..dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
 from ..errors import ConfigError, DataError, JobError
 from ..storage import Storage
-from ..tario import TarWriter
+from ..tario import HashingWriter, TarWriter
 from .commit import _write_parquet
 from .executor import Executor, TaskLost, make_executor
 from .transform_fields import FIELD_SETS, build_field_set, decode_medium
@@ -56,18 +55,6 @@ class TransformResult:
     root: str
     stats: dict[str, dict[str, Any]]
 
-
-class _Hashing:
-    def __init__(self, f: Any) -> None:
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.h.update(b)
-        self.n += len(b)
-        return self.f.write(b)
-
-    def flush(self) -> None:
-        self.f.flush()
 
 
 def _compute_chunk(fs: Any, media: list[Any]) -> list[Any]:
@@ -144,7 +131,7 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
         hashers, writers = {}, {}
         for n in built:
             raw = stack.enter_context(storage.atomic_writer(f"{n}/{name}.tar"))
-            hashers[n] = _Hashing(raw)
+            hashers[n] = HashingWriter(raw)
             writers[n] = TarWriter(hashers[n])  # type: ignore[arg-type]
         chunk: list[dict[str, Any]] = []
         with storage.open_read(task.shard.url) as f:
@@ -161,7 +148,7 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
     for n in built:
         part = {"shard": name, "split": task.shard.split, "url": f"{name}.tar",
                 "nsamples": writers[n].count, "filesize": hashers[n].n,
-                "sha256": hashers[n].h.hexdigest(), "failures": dict(sorted(fails[n].items())),
+                "sha256": hashers[n].hexdigest(), "failures": dict(sorted(fails[n].items())),
                 "ledger": ledgers[n], "seconds": round(time.perf_counter() - t0, 4)}
         storage.write_bytes(f"{_work(n)}/parts/{name}.json",
                             json.dumps(part, sort_keys=True).encode())

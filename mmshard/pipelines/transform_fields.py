@@ -271,4 +271,5 @@ def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
         raise DataError("corrupt_image", f"image does not decode: {e}") from e
 
 
-from . import transform_vision  # noqa: E402,F401  (registers vqvae, tokenizer)
+from . import transform_video, transform_vision  # noqa: E402,F401  (register frames, vqvae,
+#                                                   tokenizer: after FIELD_SETS exists)
