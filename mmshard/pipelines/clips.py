@@ -66,7 +66,7 @@ from ..tokenizers.clips import (
     SceneClipPlanner,
 )
 from ..tokenizers.keyframes import KeyframesConfig
-from .commit import commit_dataset
+from .commit import DatasetResult, commit_dataset
 from .executor import Executor, TaskLost, make_executor
 
 __all__ = ["ClipsConfig", "ClipsResult", "cut_clips", "extract_clips", "plan_video_clips"]
@@ -160,17 +160,7 @@ class ClipsConfig:
         return config_from_dict(cls, dict(data))
 
 
-@dataclass(frozen=True)
-class ClipsResult:
-    """A finished clips job: its output folder and the contents of stats.json."""
-
-    out: str
-    stats: dict[str, Any]
-
-    @property
-    def failure_rate(self) -> float:
-        return float(self.stats["failure_rate"])
-
+ClipsResult = DatasetResult  # what a finished job returns: out folder + stats.json
 
 # ---- planning one video -----------------------------------------------------------------
 

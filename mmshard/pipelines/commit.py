@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..dataset import DatasetIndex, ShardInfo
 from ..storage import Storage
 
-__all__ = ["LEDGER_SCHEMA", "MANIFEST_SCHEMA", "commit_dataset"]
+__all__ = ["DatasetResult", "commit_dataset"]
 
 
 def _schemas():
@@ -40,7 +41,16 @@ def _schemas():
     return manifest, ledger
 
 
-MANIFEST_SCHEMA, LEDGER_SCHEMA = None, None  # filled lazily (pyarrow import is not free)
+@dataclass(frozen=True)
+class DatasetResult:
+    """A finished job that wrote a dataset folder (ingest, clips): where, and stats.json."""
+
+    out: str
+    stats: dict[str, Any]
+
+    @property
+    def failure_rate(self) -> float:
+        return float(self.stats["failure_rate"])
 
 
 def _write_parquet(storage: Storage, rel: str, rows: Iterable[list[dict[str, Any]]],

@@ -32,7 +32,7 @@ from ..media.image import ImageOptions
 from ..media.video import VideoOptions
 from ..samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ..storage import Storage, open_input
-from .commit import commit_dataset
+from .commit import DatasetResult, commit_dataset
 from .executor import Executor, TaskLost, make_executor
 from .ingest_task import MediaOptions, ShardTask, run_shard_task, write_lost_part
 from .sources import InputItem, SourceOptions, collect_inputs
@@ -92,17 +92,7 @@ class IngestConfig:
         return config_from_dict(cls, data)
 
 
-@dataclass(frozen=True)
-class IngestResult:
-    """What a finished ingest did: its output folder and the contents of stats.json."""
-
-    out: str
-    stats: dict[str, Any]
-
-    @property
-    def failure_rate(self) -> float:
-        return float(self.stats["failure_rate"])
-
+IngestResult = DatasetResult  # what a finished job returns: out folder + stats.json
 
 class FailureRateError(JobError):
     """Raised after commit when the failure rate is above ``max_failure_rate``."""
