@@ -55,7 +55,7 @@ class Storage:
             self._fs, self._path = fsspec.core.url_to_fs(self.root, **self.storage_options)
 
     def __reduce__(self):  # picklable into Ray tasks without the live filesystem object
-        return (Storage, (self.root if self.local else self.root, self.storage_options))
+        return (Storage, (self.root, self.storage_options))
 
     # -- paths -------------------------------------------------------------------------
     def path(self, rel: str) -> str:

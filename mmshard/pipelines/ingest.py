@@ -131,8 +131,7 @@ def plan_shards(items: Sequence[InputItem], config: IngestConfig) -> list[Planne
     return shards
 
 
-def _hash_chunk(args: tuple[tuple[InputItem, ...], int]) -> list[tuple[str, str | None]]:
-    items, limit = args
+def _hash_chunk(items: tuple[InputItem, ...]) -> list[tuple[str, str | None]]:
     out = []
     for it in items:
         if it.error:
@@ -141,9 +140,11 @@ def _hash_chunk(args: tuple[tuple[InputItem, ...], int]) -> list[tuple[str, str 
         h = hashlib.sha256()
         try:
             for fld, uri in it.media:
-                with open_input(uri) as f:
-                    data = f.read(limit + 1)
-                h.update(fld.encode() + b"\0" + hashlib.sha256(data).digest())
+                one = hashlib.sha256()
+                with open_input(uri) as f:  # streamed: a 4 GB video is not read into memory
+                    while chunk := f.read(1 << 20):
+                        one.update(chunk)
+                h.update(fld.encode() + b"\0" + one.digest())
             out.append((it.key, h.hexdigest()))
         except OSError:
             out.append((it.key, None))  # the shard task reports why, as a ledger row
@@ -154,8 +155,7 @@ def _dedup(items: list[InputItem], config: IngestConfig, executor: Executor
            ) -> tuple[list[InputItem], list[dict[str, Any]]]:
     chunks = [tuple(items[i:i + 256]) for i in range(0, len(items), 256)]
     hashes: dict[str, str | None] = {}
-    for _, res in executor.imap_unordered(_hash_chunk,
-                                          [(c, config.max_file_bytes) for c in chunks]):
+    for _, res in executor.imap_unordered(_hash_chunk, chunks):
         hashes.update(res)
     first: dict[str, str] = {}
     kept, dup_rows = [], []

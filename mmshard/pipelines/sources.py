@@ -14,7 +14,6 @@ ledger row.
 
 from __future__ import annotations
 
-import dataclasses
 import glob as globlib
 import json
 import os
@@ -382,7 +381,3 @@ def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
             "a --key-column with unique values, or --key-scheme hash"
         )
     return items, ignored
-
-
-def replace(item: InputItem, **changes: Any) -> InputItem:
-    return dataclasses.replace(item, **changes)
