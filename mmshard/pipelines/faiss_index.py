@@ -378,13 +378,9 @@ def search(built: BuiltIndex, queries: np.ndarray, k: int, *, metric: str,
     nq = queries.shape[0]
     out_s = np.full((nq, k), -np.inf, np.float32)
     out_i = np.full((nq, k), -1, np.int64)
-    flat_cpu = p["kind"] == "flat" and idx is built.index
     for s in range(0, nq, chunk_rows):
         q = np.ascontiguousarray(queries[s:s + chunk_rows], dtype=np.float32)
-        if flat_cpu:
-            dist, ids = _flat_search_torch(built.index, q, kk, metric)  # faiss-style
-        else:
-            dist, ids = idx.search(q, kk)
+        dist, ids = idx.search(q, kk)
         if refine:
             assert refine_vectors is not None
             dist = exact_scores(q, ids, refine_vectors, metric)
@@ -396,40 +392,6 @@ def search(built: BuiltIndex, queries: np.ndarray, k: int, *, metric: str,
         out_s[s:s + len(q), :w] = np.take_along_axis(dist, order, 1)
         out_i[s:s + len(q), :w] = np.take_along_axis(ids, order, 1)
     return out_s, out_i
-
-
-def _flat_search_torch(index: Any, q: np.ndarray, k: int, metric: str,
-                       corpus_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over a CPU ``IndexFlat``'s own vectors with torch (MKL sgemm).
-
-    faiss-cpu's bundled OpenBLAS picks a slower kernel than torch's MKL on current x86
-    (measured 1.4-1.9x on 2000 x 100k x 384); the scores are the same dot products.  The
-    corpus is walked in ``corpus_rows`` blocks with a running top-k, so memory stays
-    ``len(q) * (corpus_rows + k)`` floats.  Returns faiss-style (scores or l2 distances, ids).
-    """
-    import torch
-
-    faiss = _faiss()
-    flat = faiss.downcast_index(index)
-    n, d = int(flat.ntotal), int(flat.d)
-    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
-    qt = torch.from_numpy(q if q.flags.writeable else q.copy())
-    best_s = torch.full((len(q), 0), float("-inf"))
-    best_i = torch.zeros((len(q), 0), dtype=torch.int64)
-    q_sq = (qt * qt).sum(1, keepdim=True) if metric == "l2" else None
-    for start in range(0, n, corpus_rows):
-        xt = torch.from_numpy(np.asarray(xb[start:start + corpus_rows]))
-        sc = qt @ xt.T
-        if q_sq is not None:  # -(|q|^2 - 2 q.x + |x|^2): larger is nearer
-            sc = 2 * sc - q_sq - (xt * xt).sum(1)[None, :]
-        kk = min(k, sc.shape[1])
-        top_s, top_i = torch.topk(sc, kk, dim=1)
-        cand_s = torch.cat([best_s, top_s], 1)
-        cand_i = torch.cat([best_i, top_i + start], 1)
-        keep = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)
-        best_s, best_i = keep.values, torch.gather(cand_i, 1, keep.indices)
-    scores = best_s.numpy()
-    return (-scores if metric == "l2" else scores), best_i.numpy()
 
 
 def exact_scores(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, metric: str, *,
