@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..dataset import DatasetIndex, ShardInfo
 from ..storage import Storage
 
-__all__ = ["DatasetResult", "commit_dataset"]
+__all__ = ["DatasetResult", "ParquetSink", "commit_dataset"]
 
 
 def _schemas():
@@ -53,21 +52,37 @@ class DatasetResult:
         return float(self.stats["failure_rate"])
 
 
-def _write_parquet(storage: Storage, rel: str, rows: Iterable[list[dict[str, Any]]],
-                   schema) -> None:
-    """Stream row batches into one Parquet file (bounded memory), committed atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class ParquetSink:
+    """Row batches streamed into one Parquet file (bounded memory), committed atomically
+    when the ``with`` block ends cleanly; an empty sink still writes the schema."""
 
-    with storage.atomic_writer(rel) as f:
-        with pq.ParquetWriter(f, schema, compression="zstd") as w:
-            wrote = False
-            for batch in rows:
-                if batch:
-                    w.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    wrote = True
-            if not wrote:
-                w.write_table(schema.empty_table())
+    def __init__(self, storage: Storage, rel: str, schema) -> None:
+        self._ctx = storage.atomic_writer(rel)
+        self.schema = schema
+        self._w = None
+        self._wrote = False
+
+    def __enter__(self) -> ParquetSink:
+        import pyarrow.parquet as pq
+
+        f = self._ctx.__enter__()
+        self._w = pq.ParquetWriter(f, self.schema, compression="zstd")
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        if rows:
+            self._w.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+            self._wrote = True
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if exc[0] is None and not self._wrote:
+                self._w.write_table(self.schema.empty_table())
+            self._w.close()
+        finally:
+            self._ctx.__exit__(*exc)
 
 
 def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
@@ -95,11 +110,6 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
         r = shard_round.get(p["shard"], 0)
         return [row for row in p["ledger"] if latest_round.get(row["key"], 0) <= r]
 
-    _write_parquet(storage, "manifest.parquet", (p["manifest"] for p in parts()),
-                   manifest_schema)
-    _write_parquet(storage, "ledger.parquet",
-                   [*(current(p) for p in parts()), extra_ledger], ledger_schema)
-
     shard_infos = []
     per_shard = []
     totals: Counter[str] = Counter()
@@ -108,30 +118,37 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     groups: dict[str, set[str]] = {}
     fields: set[str] = set()
     modalities: Counter[str] = Counter()
-    for p in parts():
-        sp = splits.setdefault(p["split"], {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
-        for row in current(p):
-            totals[row["status"]] += 1
-            if row["status"] == "failed":
-                failures[row["reason"]] += 1
-                sp["failed"] += 1
-        totals["bytes_in"] += p["stats"]["bytes_in"]
-        totals["bytes_out"] += p["stats"]["bytes_out"]
-        sp["samples"] += p["nsamples"]
-        g = groups.setdefault(p["split"], set())
-        for row in p["manifest"]:
-            g.add(row["group"])
-            fields.update(row["fields"].split(","))
-            modalities[row["modality"]] += 1
-        if p.get("url"):
-            sp["shards"] += 1
-            shard_infos.append(ShardInfo(url=p["url"], split=p["split"], nsamples=p["nsamples"],
-                                         filesize=p["filesize"], sha256=p["sha256"],
-                                         failed=p["planned"] - p["nsamples"],
-                                         failures=p["failures"]))
-        per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
-                          "failed": p["planned"] - p["nsamples"], "failures": p["failures"],
-                          **p["stats"]})
+    with ParquetSink(storage, "manifest.parquet", manifest_schema) as man, \
+            ParquetSink(storage, "ledger.parquet", ledger_schema) as led:
+        for p in parts():  # one pass over the part records: bounded memory, one read each
+            man.write(p["manifest"])
+            rows = current(p)
+            led.write(rows)
+            sp = splits.setdefault(p["split"],
+                                   {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
+            for row in rows:
+                totals[row["status"]] += 1
+                if row["status"] == "failed":
+                    failures[row["reason"]] += 1
+                    sp["failed"] += 1
+            totals["bytes_in"] += p["stats"]["bytes_in"]
+            totals["bytes_out"] += p["stats"]["bytes_out"]
+            sp["samples"] += p["nsamples"]
+            g = groups.setdefault(p["split"], set())
+            for row in p["manifest"]:
+                g.add(row["group"])
+                fields.update(row["fields"].split(","))
+                modalities[row["modality"]] += 1
+            if p.get("url"):
+                sp["shards"] += 1
+                shard_infos.append(ShardInfo(
+                    url=p["url"], split=p["split"], nsamples=p["nsamples"],
+                    filesize=p["filesize"], sha256=p["sha256"],
+                    failed=p["planned"] - p["nsamples"], failures=p["failures"]))
+            per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
+                              "failed": p["planned"] - p["nsamples"],
+                              "failures": p["failures"], **p["stats"]})
+        led.write(extra_ledger)
     for s, g in groups.items():
         splits[s]["groups"] = len(g)
     for r in extra_ledger:

@@ -25,7 +25,7 @@ from ..dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
 from ..errors import ConfigError, DataError, JobError
 from ..storage import Storage
 from ..tario import HashingWriter, TarWriter
-from .commit import _write_parquet
+from .commit import ParquetSink
 from .executor import Executor, TaskLost, make_executor
 from .transform_fields import FIELD_SETS, build_field_set, decode_medium
 
@@ -256,32 +256,32 @@ def _prepare(storage: Storage, name: str, job: dict[str, Any], overwrite: bool) 
 def _commit(ds: Dataset, name: str, provenance: dict[str, Any], options: dict[str, Any],
             outputs: tuple[str, ...], seconds: float) -> dict[str, Any]:
     storage = ds.storage
-    parts = []
-    for sh in ds.index.shards:
-        shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
-        parts.append(json.loads(storage.read_bytes(f"{_work(name)}/parts/{shard}.json")))
-    _write_parquet(storage, f"{name}/ledger.parquet", (p["ledger"] for p in parts),
-                   _ledger_schema())
     status: Counter[str] = Counter()
     failures: Counter[str] = Counter()
-    for p in parts:
-        status.update(r["status"] for r in p["ledger"])
-        failures.update(p["failures"])
-    shards = tuple(ShardInfo(url=p["url"], split=p["split"], nsamples=p["nsamples"],
-                             filesize=p["filesize"], sha256=p["sha256"],
-                             failed=sum(p["failures"].values()), failures=p["failures"])
-                   for p in parts)
-    idx = DatasetIndex(name=f"{ds.index.name}/{name}", shards=shards, field_set=name,
+    shards, per_shard = [], []
+    with ParquetSink(storage, f"{name}/ledger.parquet", _ledger_schema()) as ledger:
+        for sh in ds.index.shards:  # one streaming pass over the part records
+            shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
+            p = json.loads(storage.read_bytes(f"{_work(name)}/parts/{shard}.json"))
+            ledger.write(p["ledger"])
+            status.update(r["status"] for r in p["ledger"])
+            failures.update(p["failures"])
+            shards.append(ShardInfo(url=p["url"], split=p["split"], nsamples=p["nsamples"],
+                                    filesize=p["filesize"], sha256=p["sha256"],
+                                    failed=sum(p["failures"].values()),
+                                    failures=p["failures"]))
+            per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
+                              "seconds": p["seconds"]})
+    idx = DatasetIndex(name=f"{ds.index.name}/{name}", shards=tuple(shards), field_set=name,
                        fields=outputs if status.get("ok") else (),
                        config={"options": options}, provenance=provenance)
     storage.write_bytes(f"{name}/index.json", idx.to_json())
-    stats = {"field_set": name, "samples": sum(p["nsamples"] for p in parts),
+    stats = {"field_set": name, "samples": sum(s.nsamples for s in shards),
              "ok": status.get("ok", 0), "failed": status.get("failed", 0),
              "skipped": status.get("skipped", 0),
              "failures_by_reason": dict(sorted(failures.items())),
-             "bytes": sum(p["filesize"] for p in parts), "seconds": seconds,
-             "per_shard": [{"shard": p["shard"], "samples": p["nsamples"],
-                            "seconds": p["seconds"]} for p in parts]}
+             "bytes": sum(s.filesize for s in shards), "seconds": seconds,
+             "per_shard": per_shard}
     storage.write_bytes(f"{name}/stats.json", json.dumps(stats, indent=1, sort_keys=True)
                         .encode())
     return stats
