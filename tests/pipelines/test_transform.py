@@ -182,3 +182,17 @@ def test_batched_log_mel_path_gives_the_same_bytes(dataset):
     tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1), batch_size=4,
              overwrite=True)
     assert {p.name: p.read_bytes() for p in (dataset / "mel").glob("*.tar")} == one
+
+
+def test_units_from_a_mel_codebook_recompute_the_mel_feature(dataset, tmp_path):
+    """`fit-codebook --field mel` (stored [bins, frames]) then units: same frame count."""
+    tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
+    cb = tmp_path / "mel_units.npz"
+    fit_codebook(str(dataset), "mel", k=8, out=str(cb), seed=1)
+    tokenize(str(dataset), {"units": {"codebook_path": str(cb)}}, executor=LocalExecutor(1))
+    mel = np.load(io.BytesIO(sidecar(dataset, "mel")["speech__u3"]["mel.npy"]))
+    ids = np.load(io.BytesIO(sidecar(dataset, "units")["speech__u3"]["units.npy"]))
+    assert len(ids) == mel.shape[1] and ids.max() < 8
+    prov = json.loads((dataset / "units" / "index.json").read_text())["provenance"]
+    assert prov["feature"]["tokenizer"] == "whisper_mel"
+    assert prov["feature"]["layout"] == "bins_frames"
