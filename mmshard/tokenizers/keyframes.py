@@ -58,7 +58,7 @@ THRESHOLDS = ("fixed", "adaptive")
 class KeyframesConfig:
     """Options of the shot-cut / keyframe detector (see the module docstring)."""
 
-    backend: str = "pyav"
+    backend: str = "auto"
     analysis_width: int = 128
     bins: int = 8
     threshold: str = "adaptive"
@@ -187,20 +187,30 @@ class KeyframeDetector:
             meta = reader.meta
             scale = min(1.0, c.thumb_size / max(meta.width, meta.height))
             thumb_wh = (_even(meta.width * scale), _even(meta.height * scale))
-            frames = reader.iter_frames(size=thumb_wh)
+            # Small sources are analysed at their own size (no scaler pass per frame: the
+            # analysis resize is one cheap cv2 call and thumbnails are made only for
+            # keyframes); large ones are scaled by the decoder to the thumbnail size first.
+            native = max(meta.width, meta.height) <= 2 * c.thumb_size
+            frames = reader.iter_frames(size=None if native else thumb_wh)
             return self.detect_frames(frames, fps=meta.fps, width=meta.width,
-                                      height=meta.height)
+                                      height=meta.height, thumb_wh=thumb_wh)
         finally:
             if own:
                 reader.close()
 
     def detect_frames(self, frames: Iterable[VideoFrame], *, fps: float, width: int,
-                      height: int) -> tuple[dict[str, Any], list[bytes]]:
-        """The streaming core over any in-order iterable of RGB :class:`VideoFrame`
-        (thumbnail-sized); ``width``/``height``/``fps`` are the source facts recorded."""
+                      height: int, thumb_wh: tuple[int, int] | None = None
+                      ) -> tuple[dict[str, Any], list[bytes]]:
+        """The streaming core over any in-order iterable of RGB :class:`VideoFrame`;
+        ``width``/``height``/``fps`` are the source facts recorded.  Thumbnails are the
+        frames as given, or resized to ``thumb_wh`` when that is set."""
         import cv2
 
         c = self.config
+
+        def jpeg(img: np.ndarray) -> bytes:
+            return self._jpeg(img, thumb_wh)
+
         k = c.gradual_window
         hists: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=k + 1)
         # recent (index, time) pairs: a gradual cut is placed up to a few windows back
@@ -245,7 +255,7 @@ class KeyframeDetector:
                 since = t - scenes[-1].start
                 if score > thr and since >= c.min_scene_len:
                     if scenes[-1].kf is None and prev_img is not None:  # a short scene
-                        scenes[-1].kf = (last_t, last_time, self._jpeg(prev_img))
+                        scenes[-1].kf = (last_t, last_time, jpeg(prev_img))
                     scenes.append(_Scene(t, f.time, "cut", round(score, 6)))
                     run = None
                 elif c.gradual and len(hists) > 1:
@@ -261,14 +271,14 @@ class KeyframeDetector:
             sc.motion_sum += motion
             sc.motion_n += 1
             if keyframe_due(sc, t):
-                sc.kf = (t, f.time, self._jpeg(img))
+                sc.kf = (t, f.time, jpeg(img))
             hists.append((t, hist))
             times.append((t, f.time))
             last_t, last_time, prev_img = t, f.time, img
         if run is not None:
             self._close_run(run, scenes, k, times, frame_step)
         if scenes and scenes[-1].kf is None and prev_img is not None:
-            scenes[-1].kf = (last_t, last_time, self._jpeg(prev_img))
+            scenes[-1].kf = (last_t, last_time, jpeg(prev_img))
         return self._result(scenes, last_t + 1, last_time + frame_step, fps, width, height)
 
     # -- helpers ---------------------------------------------------------------------
@@ -301,9 +311,11 @@ class KeyframeDetector:
             new.kf, prev.kf = prev.kf, None
         scenes.append(new)
 
-    def _jpeg(self, img: np.ndarray) -> bytes:
+    def _jpeg(self, img: np.ndarray, wh: tuple[int, int] | None = None) -> bytes:
         import cv2
 
+        if wh is not None and (img.shape[1], img.shape[0]) != tuple(wh):
+            img = cv2.resize(img, tuple(wh), interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
         if not ok:  # pragma: no cover - imencode fails only on invalid arrays
