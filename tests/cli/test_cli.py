@@ -16,7 +16,8 @@ def src(tmp_path):
     return tmp_path / "src"
 
 
-@pytest.mark.parametrize("cmd", ["ingest", "inspect", "verify", "demo"])
+@pytest.mark.parametrize("cmd", ["ingest", "inspect", "verify", "tokenize", "fit-codebook",
+                                 "train-vq", "clips", "embed", "mine", "demo"])
 def test_help_shows_a_real_example(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
