@@ -66,7 +66,7 @@ from ..tokenizers.clips import (
     SceneClipPlanner,
 )
 from ..tokenizers.keyframes import KeyframesConfig
-from .commit import DatasetResult, commit_dataset
+from .commit import DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from .executor import Executor, TaskLost, make_executor
 
 __all__ = ["ClipsConfig", "ClipsResult", "cut_clips", "extract_clips", "plan_video_clips"]
@@ -76,9 +76,7 @@ MODES = ("fixed", "scenes")
 TAILS = ("drop", "keep", "shift")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow")
-JOB_FILE = "_work/job.json"
 PARTS_DIR = "_work/parts"
-FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json")
 _SPOOL_BYTES = 32 << 20  # clips of one video kept in RAM up to this, then on disk
 
 
@@ -558,27 +556,6 @@ def _video_keys(ds: Any) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _prepare(storage: Storage, job: dict[str, Any], overwrite: bool) -> None:
-    if overwrite:
-        for rel in FINAL_FILES:
-            storage.remove(rel)
-        storage.remove_tree("shards")
-        storage.remove_tree("_work")
-    elif storage.exists(JOB_FILE):
-        old = json.loads(storage.read_bytes(JOB_FILE))
-        if old.get("fingerprint") != job["fingerprint"]:
-            raise JobError(f"{storage.root} was made by a clips job with other options or "
-                           "from another base dataset; rerun with the original arguments to "
-                           "resume, pass overwrite=True (--overwrite) to start clean, or "
-                           "choose another output")
-    elif storage.exists("index.json") or storage.listdir("shards"):
-        raise JobError(f"{storage.root} already holds a dataset that this job did not start; "
-                       "pass --overwrite to replace it or choose another output")
-    storage.write_bytes(JOB_FILE, json.dumps(job, indent=1, sort_keys=True).encode())
-    for folder in ("", "shards", "_work", PARTS_DIR):
-        storage.remove_temporaries(folder)
-
-
 def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
                   executor: Executor | None = None, progress: bool = False,
                   overwrite: bool = False, storage_options: dict | None = None,
@@ -617,7 +594,10 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
            "keyframes_index": kf_index}
     job["fingerprint"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
     videos = _video_keys(ds)
-    _prepare(storage, job, overwrite)
+    prepare_output(storage, job, overwrite, mismatch=lambda old: (
+        f"{storage.root} was made by a clips job with other options or from another base "
+        "dataset; rerun with the original arguments to resume, pass overwrite=True "
+        "(--overwrite) to start clean, or choose another output"))
     shards = []
     for sh in ds.index.shards:
         name = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
@@ -644,8 +624,7 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
     finally:
         if own:
             executor.close()
-    for folder in ("shards", PARTS_DIR):
-        storage.remove_temporaries(folder)
+    remove_temporaries(storage)  # what a worker killed mid-write left behind
     name = config.name or f"{ds.index.name or 'dataset'}-clips"
     clips = 0
     for n, _ in shards:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..dataset import DatasetIndex, ShardInfo
 from ..storage import Storage
 
-__all__ = ["DatasetResult", "ParquetSink", "commit_dataset"]
+__all__ = ["FINAL_FILES", "JOB_FILE", "DatasetResult", "ParquetSink", "commit_dataset",
+           "prepare_output"]
+
+JOB_FILE = "_work/job.json"
+FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json")
 
 
 def _schemas():
@@ -50,6 +55,39 @@ class DatasetResult:
     @property
     def failure_rate(self) -> float:
         return float(self.stats["failure_rate"])
+
+
+def prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool, *,
+                   mismatch: Callable[[dict[str, Any]], str]) -> None:
+    """Claim a dataset folder for a job (ingest, clips) and record its fingerprint.
+
+    ``overwrite`` removes a previous dataset; a folder made by this job with the same
+    ``job["fingerprint"]`` is resumed; another fingerprint raises JobError with
+    ``mismatch(old_job)`` as the message; a dataset the job did not start is refused.
+    Stale ``.tmp-*`` files of a killed run are removed.
+    """
+    from ..errors import JobError
+
+    if overwrite:
+        for rel in FINAL_FILES:
+            storage.remove(rel)
+        storage.remove_tree("shards")
+        storage.remove_tree("_work")
+    elif storage.exists(JOB_FILE):
+        old = json.loads(storage.read_bytes(JOB_FILE))
+        if old.get("fingerprint") != job["fingerprint"]:
+            raise JobError(mismatch(old))
+    elif storage.exists("index.json") or storage.listdir("shards"):
+        raise JobError(f"{storage.root} already holds a dataset that this job did not start; "
+                       "pass --overwrite to replace it or choose another output")
+    storage.write_bytes(JOB_FILE, json.dumps(job, indent=1, sort_keys=True).encode())
+    remove_temporaries(storage)
+
+
+def remove_temporaries(storage: Storage) -> None:
+    """Delete what a killed writer left (only safe while one job owns the folder)."""
+    for folder in ("", "shards", "_work", "_work/parts"):
+        storage.remove_temporaries(folder)
 
 
 class ParquetSink:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..media.image import ImageOptions
 from ..media.video import VideoOptions
 from ..samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ..storage import Storage, open_input
-from .commit import DatasetResult, commit_dataset
+from .commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from .executor import Executor, TaskLost, make_executor
 from .ingest_task import MediaOptions, ShardTask, run_shard_task, write_lost_part
 from .sources import InputItem, SourceOptions, collect_inputs
@@ -40,8 +40,6 @@ from .sources import InputItem, SourceOptions, collect_inputs
 __all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
 
 log = logging.getLogger(__name__)
-JOB_FILE = "_work/job.json"
-FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,26 +177,15 @@ def _fingerprint(config: IngestConfig, sources: Sequence[str]) -> dict[str, Any]
     return {**doc, "fingerprint": digest}
 
 
-def _prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool) -> None:
-    if overwrite:
-        for rel in FINAL_FILES:
-            storage.remove(rel)
-        storage.remove_tree("shards")
-        storage.remove_tree("_work")
-    elif storage.exists(JOB_FILE):
-        old = json.loads(storage.read_bytes(JOB_FILE))
-        if old.get("fingerprint") != job["fingerprint"]:
-            changed = _diff(old.get("config", {}), job["config"])
-            if old.get("sources") != job["sources"]:
-                changed.append("sources")
-            raise JobError(
-                f"{storage.root} was made with a different config (changed: "
+def _mismatch(job: dict[str, Any], storage: Storage) -> Callable[[dict[str, Any]], str]:
+    def message(old: dict[str, Any]) -> str:
+        changed = _diff(old.get("config", {}), job["config"])
+        if old.get("sources") != job["sources"]:
+            changed.append("sources")
+        return (f"{storage.root} was made with a different config (changed: "
                 f"{', '.join(changed) or 'unknown'}); rerun with the original arguments to "
                 "resume, pass --overwrite to start clean, or choose another --out")
-    elif storage.exists("index.json") or storage.listdir("shards"):
-        raise JobError(f"{storage.root} already holds a dataset that this job did not start; "
-                       "pass --overwrite to replace it or choose another --out")
-    storage.write_bytes(JOB_FILE, json.dumps(job, indent=1, sort_keys=True).encode())
+    return message
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -236,8 +223,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
         raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; run "
                        "without --retry-failed first")
-    _prepare_output(storage, job, overwrite)
-    _clean_temporaries(storage)  # what a killed run was writing
+    prepare_output(storage, job, overwrite, mismatch=_mismatch(job, storage))
     own_executor = executor is None
     executor = executor or make_executor("ray")
     try:
@@ -255,7 +241,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
                            shard=s.name, split=s.split, items=s.items, media=media)
                  for s in todo]
         _run(tasks, executor, progress, total_shards=len(all_shards))
-        _clean_temporaries(storage)  # what a worker killed mid-write left behind
+        remove_temporaries(storage)  # what a worker killed mid-write left behind
         name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
         run_stats = {"seconds": round(time.perf_counter() - t0, 3),
                      "executor": type(executor).__name__, "workers": executor.workers,
@@ -282,10 +268,6 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
 
 RETRIES_FILE = "_work/retries.json"
 
-
-def _clean_temporaries(storage: Storage) -> None:
-    for folder in ("", "shards", "_work", "_work/parts"):
-        storage.remove_temporaries(folder)
 
 
 def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[PlannedShard],
