@@ -23,6 +23,7 @@ __all__ = [
     "encode_image",
     "noise",
     "photo_like",
+    "smooth_image",
     "speech_like",
     "tone",
     "write_audio",
@@ -47,6 +48,24 @@ def photo_like(width: int, height: int, seed: int = 0):
     im = im.filter(ImageFilter.GaussianBlur(radius=max(1, min(width, height) // 200)))
     arr = np.asarray(im).astype(np.int16) + rng.normal(0, 4, (height, width, 1)).astype(np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def smooth_image(rng: np.random.Generator, n: int = 64) -> np.ndarray:
+    """An ``n x n`` RGB uint8 image: a gradient plus a Gaussian blob per channel
+    (photo-like, compressible, learnable by a small VQ model in few steps).
+
+    >>> smooth_image(np.random.default_rng(0), 16).shape
+    (16, 16, 3)
+    """
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    img = np.zeros((n, n, 3), np.float32)
+    for c in range(3):
+        a, b, d = rng.uniform(-1, 1, 3)
+        img[..., c] = 0.5 + 0.3 * (a * xx + b * yy - (a + b) / 2)
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        r = rng.uniform(0.1, 0.3)
+        img[..., c] += d * 0.4 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def encode_image(im, fmt: str = "JPEG", quality: int = 90, exif_orientation: int | None = None

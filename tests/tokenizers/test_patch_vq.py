@@ -10,22 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mmshard import synth
 from mmshard.errors import ConfigError, DataError
 from mmshard.tokenizers.base import TOKENIZERS, Tokenizer, build_tokenizer
 from mmshard.tokenizers.patch_vq import PatchVQConfig, PatchVQTokenizer, extract_patches
 
 
-def smooth_image(rng: np.random.Generator, n: int = 64) -> np.ndarray:
-    """A gradient plus a Gaussian blob per channel (photo-like, compressible)."""
-    yy, xx = np.mgrid[0:n, 0:n] / n
-    img = np.zeros((n, n, 3), np.float32)
-    for c in range(3):
-        a, b, d = rng.uniform(-1, 1, 3)
-        img[..., c] = 0.5 + 0.3 * (a * xx + b * yy - (a + b) / 2)
-        cx, cy = rng.uniform(0.2, 0.8, 2)
-        r = rng.uniform(0.1, 0.3)
-        img[..., c] += d * 0.4 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+def smooth_image(rng: np.random.Generator) -> np.ndarray:
+    return synth.smooth_image(rng, 64)
 
 
 @pytest.fixture(scope="module")
