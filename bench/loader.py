@@ -104,7 +104,7 @@ class RssSampler(threading.Thread):
 def _transform():
     import torch
 
-    from mmshard.pipelines.decode import ShortestSideCrop
+    from mmshard.pipelines.stream.decode import ShortestSideCrop
 
     crop = ShortestSideCrop(size=64)
 
@@ -123,7 +123,7 @@ def run_one(tool: str, mode: str, root: str, workers: int, batch: int) -> dict:
     import torch  # noqa: F401  - both tools need torch: import it outside the timings
     import webdataset  # noqa: F401
 
-    import mmshard.pipelines.stream  # noqa: F401
+    import mmshard.pipelines.stream.loader  # noqa: F401
 
     sampler = RssSampler()
     sampler.start()
@@ -131,8 +131,8 @@ def run_one(tool: str, mode: str, root: str, workers: int, batch: int) -> dict:
     first = None
     n = 0
     if tool == "mmshard":
-        from mmshard.pipelines.decode import DecodeConfig, ImageDecode, ShortestSideCrop
-        from mmshard.pipelines.stream import Loader
+        from mmshard.pipelines.stream.decode import DecodeConfig, ImageDecode, ShortestSideCrop
+        from mmshard.pipelines.stream.loader import Loader
 
         decode = DecodeConfig(image=ImageDecode(resize=ShortestSideCrop(size=64))) \
             if mode == "decode" else DecodeConfig()

@@ -3,7 +3,7 @@
 One run, the same clustered random embeddings for every method (queries are noisy
 copies of corpus items; a query's positive is the corpus item with its key):
 
-- ``mmshard_exact``: ``mmshard.pipelines.mine.mine`` with an exact (flat) index, top-k;
+- ``mmshard_exact``: ``mmshard.pipelines.mine.job.mine`` with an exact (flat) index, top-k;
 - ``torch_bruteforce``: plain torch matmul + topk in blocks, positive dropped;
 - ``st_mine_hard_negatives``: sentence-transformers' ``mine_hard_negatives`` fed the same
   vectors through a lookup "model" (printed "not installed" when it is missing:
@@ -63,9 +63,9 @@ def make_data(d: str, n: int, nq: int, dim: int, seed: int) -> None:
 def w_mmshard_exact(d: str, k: int) -> dict:
     import pyarrow.parquet as pq
 
-    from mmshard.pipelines.embeddings_io import EmbeddingSource
-    from mmshard.pipelines.faiss_index import IndexConfig
-    from mmshard.pipelines.mine import MineConfig, mine
+    from mmshard.pipelines.mine.embeddings_io import EmbeddingSource
+    from mmshard.pipelines.mine.faiss_index import IndexConfig
+    from mmshard.pipelines.mine.job import MineConfig, mine
 
     out = os.path.join(d, "mm", "neg.parquet")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -145,7 +145,7 @@ def w_st(d: str, k: int) -> dict:
 
 
 def w_approx(d: str, k: int, kind: str) -> dict:
-    from mmshard.pipelines.faiss_index import IndexConfig, build_index, search
+    from mmshard.pipelines.mine.faiss_index import IndexConfig, build_index, search
 
     x = np.load(os.path.join(d, "corpus.npy"), mmap_mode="r")
     q = np.load(os.path.join(d, "queries.npy"))

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmshard.pipelines.decode import DecodeConfig, ImageDecode, ShortestSideCrop
-from mmshard.pipelines.stream import Loader
+from mmshard.pipelines.stream.decode import DecodeConfig, ImageDecode, ShortestSideCrop
+from mmshard.pipelines.stream.loader import Loader
 from mmshard.samplers.batching import FixedBatching, NegativeCoBatching, NegativeTable
 
 

@@ -1,4 +1,4 @@
-"""``mmshard clips``: a thin wrapper over :func:`mmshard.pipelines.clips.extract_clips`."""
+"""``mmshard clips``: a thin wrapper over :func:`mmshard.pipelines.clips.job.extract_clips`."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`ClipsConfig` of ``--config`` YAML overridden by the given flags."""
-    from ..pipelines.clips import ClipsConfig
+    from ..pipelines.clips.job import ClipsConfig
 
     data = load_yaml(args.config)
     for dest, name in FLAG_TO_CONFIG.items():
@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.clips import extract_clips
+    from ..pipelines.clips.job import extract_clips
 
     config = config_from_args(args)
     executor = make_executor_from_args(args)

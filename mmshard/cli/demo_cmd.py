@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
 def _ingest(args, corpus: str, dataset: str, executor) -> int:
     from ..media.audio import AudioOptions
     from ..media.image import ImageOptions
-    from ..pipelines.ingest import FailureRateError, IngestConfig, ingest
-    from ..pipelines.sources import SourceOptions
-    from ..pipelines.verify import verify_dataset
+    from ..pipelines.ingest.job import FailureRateError, IngestConfig, ingest
+    from ..pipelines.ingest.sources import SourceOptions
     from ..synth import make_demo_corpus
+    from ..verify import verify_dataset
     from .ingest_cmd import summary
 
     counts = make_demo_corpus(corpus, images=args.images)
@@ -97,8 +97,8 @@ def _ingest(args, corpus: str, dataset: str, executor) -> int:
 
 
 def _tokenize(args, dataset: str, executor) -> None:
-    from ..pipelines.fit import fit_codebook
-    from ..pipelines.transform import tokenize
+    from ..pipelines.train.codebook import fit_codebook
+    from ..pipelines.transform.job import tokenize
 
     t0 = time.perf_counter()
     r = tokenize(dataset, {"mel": {}, "spectral": {}, "mfcc": {}, "keyframes": {}},
@@ -117,10 +117,10 @@ def _tokenize(args, dataset: str, executor) -> None:
 
 def _mine(args, corpus: str, photos: str, executor) -> None:
     from ..media.image import ImageOptions
-    from ..pipelines.ingest import IngestConfig, ingest
-    from ..pipelines.mine import mine
-    from ..pipelines.sources import SourceOptions
-    from ..pipelines.transform import tokenize
+    from ..pipelines.ingest.job import IngestConfig, ingest
+    from ..pipelines.ingest.sources import SourceOptions
+    from ..pipelines.mine.job import mine
+    from ..pipelines.transform.job import tokenize
     from . import mine_cmd
 
     ingest([os.path.join(corpus, "photos")], photos, IngestConfig(

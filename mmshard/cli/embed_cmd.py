@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.transform import tokenize
+    from ..pipelines.transform.job import tokenize
 
     name = args.name or f"emb_{args.field}"
     spec = {"kind": "emb", "encoder": args.encoder, "field": args.field,

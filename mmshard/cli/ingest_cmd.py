@@ -140,7 +140,7 @@ def _json_object(text: str) -> dict:
 
 
 def build_config(args: argparse.Namespace):
-    from ..pipelines.ingest import IngestConfig
+    from ..pipelines.ingest.job import IngestConfig
     from ..samplers.splits import parse_split_spec
 
     data: dict[str, Any] = load_yaml(args.config)
@@ -155,7 +155,7 @@ def build_config(args: argparse.Namespace):
     from ..media.audio import AudioOptions
     from ..media.image import ImageOptions
     from ..media.video import VideoOptions
-    from ..pipelines.sources import SourceOptions
+    from ..pipelines.ingest.sources import SourceOptions
 
     try:
         kinds = {"sources": SourceOptions, "image": ImageOptions, "audio": AudioOptions,
@@ -186,7 +186,7 @@ def summary(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.ingest import FailureRateError, ingest
+    from ..pipelines.ingest.job import FailureRateError, ingest
 
     config = build_config(args)
     executor = make_executor_from_args(args)

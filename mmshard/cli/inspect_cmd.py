@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from ..pipelines.verify import inspect_dataset
+    from ..verify import inspect_dataset
 
     info = inspect_dataset(args.dataset, rows=args.rows)
     print(f"dataset {info['name']}: {info['shards']} shards; fields: {', '.join(info['fields'])}"
@@ -62,7 +62,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..pipelines.verify import verify_dataset
+    from ..verify import verify_dataset
 
     problems = verify_dataset(args.dataset)
     if problems:

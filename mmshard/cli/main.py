@@ -67,7 +67,7 @@ def _add_mine(sub: argparse._SubParsersAction, mine_cmd) -> None:
     def run(args: argparse.Namespace) -> int:
         import json
 
-        from ..pipelines.mine import mine
+        from ..pipelines.mine.job import mine
         from ._common import make_executor_from_args
 
         config = mine_cmd.config_from_args(args)

@@ -1,4 +1,4 @@
-"""``mmshard mine`` flags -> :class:`~mmshard.pipelines.mine.MineConfig` (strings become
+"""``mmshard mine`` flags -> :class:`~mmshard.pipelines.mine.job.MineConfig` (strings become
 objects here, once).
 
 >>> import argparse
@@ -115,7 +115,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positives(args: argparse.Namespace) -> Any:
-    from ..pipelines.mine import PositivesConfig
+    from ..pipelines.mine.job import PositivesConfig
 
     if args.positives == "same_key":
         return PositivesConfig()
@@ -165,11 +165,11 @@ def _strategy(args: argparse.Namespace) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """Build the :class:`~mmshard.pipelines.mine.MineConfig` for parsed ``mmshard mine``
+    """Build the :class:`~mmshard.pipelines.mine.job.MineConfig` for parsed ``mmshard mine``
     flags (the lead's CLI then calls ``mine(config, executor=...)``)."""
-    from ..pipelines.embeddings_io import EmbeddingSource
-    from ..pipelines.faiss_index import IndexConfig
-    from ..pipelines.mine import MineConfig
+    from ..pipelines.mine.embeddings_io import EmbeddingSource
+    from ..pipelines.mine.faiss_index import IndexConfig
+    from ..pipelines.mine.job import MineConfig
 
     def src(path: str, keys: str | None) -> EmbeddingSource:
         return EmbeddingSource(path=path, keys=keys, key_column=args.key_column,

@@ -98,7 +98,7 @@ def build_field_sets(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from ..pipelines.transform import tokenize
+    from ..pipelines.transform.job import tokenize
 
     field_sets = build_field_sets(args)
     executor = make_executor_from_args(args)
@@ -116,7 +116,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from ..pipelines.fit import fit_codebook
+    from ..pipelines.train.codebook import fit_codebook
 
     info = fit_codebook(args.dataset, args.field, k=args.k, out=args.out, patch=args.patch,
                         pca_dim=args.pca_dim, max_vectors=args.max_vectors, niter=args.niter,

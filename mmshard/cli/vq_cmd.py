@@ -70,7 +70,7 @@ def model_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.train_vq import summary_path, train_vq
+    from ..pipelines.train.vqvae import summary_path, train_vq
 
     summary = train_vq(args.dataset, k=args.k, steps=args.steps, out=args.out,
                        image_size=args.image_size, batch_size=args.batch_size,

@@ -134,7 +134,7 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     a shard from round r is dropped when its key was retried in a later round, so every
     input keeps exactly one ledger row (its latest outcome).
     """
-    from .ingest_task import part_name
+    from .ingest.task import part_name
 
     manifest_schema, ledger_schema = _schemas()
     shard_round = shard_round or {}

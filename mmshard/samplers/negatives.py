@@ -1,6 +1,6 @@
 """Hard-negative selection strategies over candidate lists, and a negative curriculum.
 
-Pure numpy: no FAISS, no pipelines, no Ray.  The mining job (``mmshard.pipelines.mine``)
+Pure numpy: no FAISS, no pipelines, no Ray.  The mining job (``mmshard.pipelines.mine.job``)
 searches an index and hands each chunk of queries here as a :class:`CandidateBatch`:
 
 - ``ids``    (Q, C) int64 corpus rows, hardest (most similar) first; ``-1`` = empty slot

@@ -20,7 +20,7 @@ from mmshard import synth
 from mmshard.cli import clips_cmd
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, JobError
-from mmshard.pipelines.clips import (
+from mmshard.pipelines.clips.job import (
     ClipsConfig,
     ClipsTask,
     cut_clips,
@@ -29,9 +29,9 @@ from mmshard.pipelines.clips import (
     run_clips_task,
 )
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.ingest import FailureRateError, IngestConfig, ingest
-from mmshard.pipelines.sources import SourceOptions
-from mmshard.pipelines.transform import tokenize
+from mmshard.pipelines.ingest.job import FailureRateError, IngestConfig, ingest
+from mmshard.pipelines.ingest.sources import SourceOptions
+from mmshard.pipelines.transform.job import tokenize
 from mmshard.tario import TarWriter, iter_tar
 from tests._video_media import index_frame, read_index, write_cfr
 
@@ -253,7 +253,7 @@ def test_cli_builds_the_config_and_runs(base, tmp_path, capsys):
 
 MAX_RSS = """
 import json, resource, sys
-from mmshard.pipelines.clips import ClipsConfig, cut_clips, plan_video_clips
+from mmshard.pipelines.clips.job import ClipsConfig, cut_clips, plan_video_clips
 cfg = ClipsConfig(window_s=2.0, preset="ultrafast")
 def run(path):
     data = open(path, "rb").read()

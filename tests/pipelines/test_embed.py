@@ -10,8 +10,8 @@ from mmshard.cli.main import main
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.transform import tokenize
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
+from mmshard.pipelines.transform.job import tokenize
 from mmshard.tokenizers.encoders import build_encoder
 from tests.conftest import write_image, write_text
 

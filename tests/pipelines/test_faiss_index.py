@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmshard.errors import ConfigError, DependencyMissingError, ShardError
-from mmshard.pipelines.faiss_index import (
+from mmshard.pipelines.mine.faiss_index import (
     IndexConfig,
     build_index,
     choose_index_kind,

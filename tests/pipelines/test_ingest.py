@@ -12,9 +12,9 @@ from mmshard.errors import JobError
 from mmshard.media.audio import AudioOptions
 from mmshard.media.image import ImageOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
-from mmshard.pipelines.ingest import FailureRateError, IngestConfig, ingest
-from mmshard.pipelines.sources import SourceOptions
-from mmshard.pipelines.verify import verify_dataset
+from mmshard.pipelines.ingest.job import FailureRateError, IngestConfig, ingest
+from mmshard.pipelines.ingest.sources import SourceOptions
+from mmshard.verify import verify_dataset
 from tests.conftest import write_image, write_text
 
 LENIENT = dict(max_failure_rate=1.0)
@@ -55,7 +55,7 @@ def test_permission_denied_is_a_ledger_row(tmp_path):
     write_image(str(src / "secret.jpg"))
     os.chmod(src / "secret.jpg", 0o000)
     out = str(tmp_path / "out")
-    code = ("import sys; from mmshard.pipelines.ingest import IngestConfig, ingest; "
+    code = ("import sys; from mmshard.pipelines.ingest.job import IngestConfig, ingest; "
             "from mmshard.pipelines.executor import LocalExecutor; "
             "ingest([sys.argv[1]], sys.argv[2], IngestConfig(max_failure_rate=1.0), "
             "executor=LocalExecutor(1))")

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmshard.errors import ConfigError
-from mmshard.pipelines.embeddings_io import EmbeddingSource
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.faiss_index import IndexConfig
-from mmshard.pipelines.mine import (
+from mmshard.pipelines.mine.embeddings_io import EmbeddingSource
+from mmshard.pipelines.mine.faiss_index import IndexConfig
+from mmshard.pipelines.mine.job import (
     MineConfig,
     PositivesConfig,
     Reminer,

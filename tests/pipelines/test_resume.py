@@ -15,9 +15,9 @@ import pytest
 from mmshard.errors import JobError
 from mmshard.media.image import ImageOptions
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.verify import verify_dataset
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
 from mmshard.tario import iter_tar
+from mmshard.verify import verify_dataset
 from tests.conftest import write_image, write_text
 from tests.pipelines.test_ingest import read_tree
 

@@ -10,8 +10,8 @@ import pytest
 
 from mmshard.errors import ConfigError, SourceError
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.sources import SourceOptions, collect_inputs
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
+from mmshard.pipelines.ingest.sources import SourceOptions, collect_inputs
 from mmshard.synth import tone, write_audio
 from tests.conftest import write_image, write_text
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmshard.errors import ConfigError
-from mmshard.pipelines.decode import DecodeConfig, FixedResize, ImageDecode
-from mmshard.pipelines.stream import Loader
-from mmshard.pipelines.stream_source import DatasetSource, ShardListSource
+from mmshard.pipelines.stream.decode import DecodeConfig, FixedResize, ImageDecode
+from mmshard.pipelines.stream.loader import Loader
+from mmshard.pipelines.stream.source import DatasetSource, ShardListSource
 from mmshard.samplers.batching import (
     BucketBatching,
     GroupAwareBatching,
@@ -236,7 +236,7 @@ def test_tar_index_fast_scan_matches_tarfile_and_falls_back_on_pax(tmp_path):
     import io
     import tarfile
 
-    from mmshard.pipelines.stream_source import TarIndex
+    from mmshard.pipelines.stream.source import TarIndex
     from mmshard.tario import TarWriter
 
     buf = io.BytesIO()

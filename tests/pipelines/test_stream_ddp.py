@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmshard.pipelines.stream import Loader
+from mmshard.pipelines.stream.loader import Loader
 from mmshard.samplers.batching import GroupAwareBatching
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmshard.errors import DataError
-from mmshard.pipelines.decode import (
+from mmshard.pipelines.stream.decode import (
     AudioDecode,
     DecodeConfig,
     FixedResize,
@@ -20,7 +20,7 @@ from mmshard.pipelines.decode import (
     collate,
     decode_sample,
 )
-from mmshard.pipelines.stream import Loader
+from mmshard.pipelines.stream.loader import Loader
 from mmshard.samplers.batching import BucketBatching
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -111,7 +111,7 @@ def test_video_frames_via_video_reader_and_frame_sampler(tmp_path):
     vm = pytest.importorskip("_video_media")
     data = vm.write_cfr(tmp_path / "c.mp4", 10, w=64, h=48).read_bytes()
     raw = {"__key__": "v", "__url__": "u", "mp4": data}
-    from mmshard.pipelines.decode import VideoDecode
+    from mmshard.pipelines.stream.decode import VideoDecode
 
     out = decode_sample(raw, DecodeConfig(video=VideoDecode(num_frames=3, size=(48, 64),
                                                             backend="pyav")))

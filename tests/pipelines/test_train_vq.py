@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmshard.pipelines.transform_vision  # noqa: F401  (registers the vqvae field set)
+import mmshard.pipelines.transform.vision_fields  # noqa: F401  (registers the vqvae field set)
 from mmshard import synth
 from mmshard.cli import vq_cmd
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, DataError
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.train_vq import TrainVQConfig, summary_path, train_vq
-from mmshard.pipelines.transform import tokenize
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
+from mmshard.pipelines.train.vqvae import TrainVQConfig, summary_path, train_vq
+from mmshard.pipelines.transform.job import tokenize
 from mmshard.tokenizers.vqvae import VQVAETokenizer, load_vqvae
 from tests._shards import make_dataset
 

@@ -13,9 +13,9 @@ from mmshard.cli.main import main
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, JobError
 from mmshard.pipelines.executor import LocalExecutor, RayExecutor
-from mmshard.pipelines.fit import fit_codebook
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.transform import tokenize
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
+from mmshard.pipelines.train.codebook import fit_codebook
+from mmshard.pipelines.transform.job import tokenize
 from mmshard.tario import TarWriter
 from mmshard.tokenizers.audio_features import WhisperMel
 from tests.conftest import write_image, write_text

@@ -14,10 +14,10 @@ from PIL import Image
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, DataError
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.ingest import IngestConfig, ingest
-from mmshard.pipelines.transform import tokenize
-from mmshard.pipelines.transform_fields import FIELD_SETS, build_field_set
-from mmshard.pipelines.transform_video import FramesExtractor
+from mmshard.pipelines.ingest.job import IngestConfig, ingest
+from mmshard.pipelines.transform.fields import FIELD_SETS, build_field_set
+from mmshard.pipelines.transform.job import tokenize
+from mmshard.pipelines.transform.video_fields import FramesExtractor
 from tests._video_media import index_frame, read_index, write_cfr, write_shots
 
 
@@ -169,7 +169,7 @@ def test_tokenize_writes_a_frames_sidecar_with_ledger(tmp_path):
 
 PEAK_RSS = """
 import json, resource, sys
-from mmshard.pipelines.transform_video import FramesExtractor
+from mmshard.pipelines.transform.video_fields import FramesExtractor
 ex = FramesExtractor.from_options({"sampler": "uniform", "num_frames": 16})
 ex.compute(open(sys.argv[1], "rb").read())  # warm up: codecs, imports, allocator pools
 data = open(sys.argv[2], "rb").read()

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmshard.pipelines.transform_vision  # noqa: F401  (registers the field sets)
+import mmshard.pipelines.transform.vision_fields  # noqa: F401  (registers the field sets)
 from mmshard.dataset import open_dataset
 from mmshard.errors import ConfigError, DataError
 from mmshard.pipelines.executor import LocalExecutor
-from mmshard.pipelines.transform import tokenize
-from mmshard.pipelines.transform_fields import FIELD_SETS, build_field_set
-from mmshard.pipelines.transform_vision import crop_to_square
+from mmshard.pipelines.transform.fields import FIELD_SETS, build_field_set
+from mmshard.pipelines.transform.job import tokenize
+from mmshard.pipelines.transform.vision_fields import crop_to_square
 from mmshard.tokenizers.vqvae import (
     VQVAE,
     VQVAEConfig,
@@ -250,7 +250,7 @@ def test_plugin_config_errors_fail_before_work(images_ds, plugin):
 @settings(max_examples=25, deadline=None)
 @given(arr=st.lists(st.integers(-2**31, 2**31 - 1), min_size=0, max_size=20))
 def test_integer_ids_round_trip_unchanged(arr):
-    from mmshard.pipelines.transform_vision import _as_ids
+    from mmshard.pipelines.transform.vision_fields import _as_ids
 
     a = np.asarray(arr, np.int64)
     out = _as_ids([a], "p:f", False, None)

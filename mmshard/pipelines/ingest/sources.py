@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, SourceError
-from ..keys import KEY_RE, TEXT_SIDECARS, hash_key, media_field, path_key
-from ..storage import is_url
+from ...errors import ConfigError, SourceError
+from ...keys import KEY_RE, TEXT_SIDECARS, hash_key, media_field, path_key
+from ...storage import is_url
 
 __all__ = ["InputItem", "SourceOptions", "collect_inputs"]
 
@@ -212,7 +212,7 @@ def _read_manifest(src: str):
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
-    from ..storage import open_input
+    from ...storage import open_input
 
     lower = src.lower().split("?", 1)[0]
     try:

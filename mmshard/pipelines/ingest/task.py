@@ -17,13 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DataError
-from ..keys import modality_of
-from ..media.audio import AudioOptions, process_audio
-from ..media.image import ImageOptions, ProcessedMedia, process_image
-from ..media.video import VideoOptions, process_video
-from ..storage import Storage, open_input
-from ..tario import HashingWriter, TarWriter
+from ...errors import DataError
+from ...keys import modality_of
+from ...media.audio import AudioOptions, process_audio
+from ...media.image import ImageOptions, ProcessedMedia, process_image
+from ...media.video import VideoOptions, process_video
+from ...storage import Storage, open_input
+from ...tario import HashingWriter, TarWriter
 from .sources import InputItem
 
 __all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",

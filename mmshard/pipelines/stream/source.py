@@ -30,11 +30,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..dataset import open_dataset
-from ..errors import ConfigError, ShardError
-from ..samplers.batching import SampleMeta
-from ..storage import open_input
-from ..tario import split_member_name
+from ...dataset import open_dataset
+from ...errors import ConfigError, ShardError
+from ...samplers.batching import SampleMeta
+from ...storage import open_input
+from ...tario import split_member_name
 
 __all__ = ["DatasetSource", "ResolvedSource", "ShardListSource", "ShardReader", "TarIndex",
            "resolve_source"]

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, SourceError
+from ...errors import ConfigError, SourceError
 
 __all__ = ["EmbeddingSource", "Embeddings", "load_embeddings", "read_key_table",
            "source_signature"]

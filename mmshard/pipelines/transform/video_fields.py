@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import config_from_dict, config_to_dict
-from ..errors import ConfigError
-from .transform_fields import FIELD_SETS, FieldSet
+from ..._registry import config_from_dict, config_to_dict
+from ...errors import ConfigError
+from .fields import FIELD_SETS, FieldSet
 
 __all__ = ["FramesConfig", "FramesExtractor"]
 
@@ -62,8 +62,8 @@ class FramesConfig:
     max_images: int = 256
 
     def __post_init__(self) -> None:
-        from ..media.video_reader import BACKENDS
-        from ..samplers.frames import FRAME_SAMPLERS
+        from ...media.video_reader import BACKENDS
+        from ...samplers.frames import FRAME_SAMPLERS
 
         FRAME_SAMPLERS.get(self.sampler)  # unknown names list the known ones
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 8:
@@ -94,7 +94,7 @@ class FramesExtractor:
 
     def __init__(self, config: FramesConfig | None = None,
                  sampler_options: Mapping[str, Any] | None = None) -> None:
-        from ..samplers.frames import build_frame_sampler
+        from ...samplers.frames import build_frame_sampler
 
         self.config = config or FramesConfig()
         self.sampler = build_frame_sampler(self.config.sampler, dict(sampler_options or {}),
@@ -122,7 +122,7 @@ class FramesExtractor:
 
         Raises :class:`~mmshard.errors.DataError` for undecodable or too-short video.
         """
-        from ..media.video_reader import VideoReader
+        from ...media.video_reader import VideoReader
 
         c = self.config
         with VideoReader(video, backend=c.backend) as vr:
@@ -130,7 +130,7 @@ class FramesExtractor:
             ts = vr.timestamps()
             extra: dict[str, Any] = {}
             if self.sampler.name == "keyframe":
-                from ..tokenizers.keyframes import KeyframeDetector
+                from ...tokenizers.keyframes import KeyframeDetector
 
                 kf, _ = KeyframeDetector().detect(vr)
                 extra["keyframes"] = kf["keyframe_frames"] or kf["scene_starts"]

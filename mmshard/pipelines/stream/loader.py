@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMeta
-from ..samplers.mixing import Mixing
-from ..samplers.order import EpochOrder
+from ...errors import ConfigError, DataError
+from ...samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMeta
+from ...samplers.mixing import Mixing
+from ...samplers.order import EpochOrder
 from .decode import DecodeConfig, collate, decode_sample
-from .stream_plan import EpochPlanner
-from .stream_source import (
+from .plan import EpochPlanner
+from .source import (
     DatasetSource,
     ResolvedSource,
     ShardListSource,
@@ -318,7 +318,7 @@ class Loader:
         import torch
         import torch.utils.data as tud
 
-        from .stream_worker import PlannedBatches
+        from .worker import PlannedBatches
 
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         dl = tud.DataLoader(PlannedBatches(self._work, plan, start), batch_size=None,

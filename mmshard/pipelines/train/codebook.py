@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import open_dataset
-from ..errors import ConfigError, ShardError
+from ...dataset import open_dataset
+from ...errors import ConfigError, ShardError
 
 __all__ = ["fit_codebook"]
 
@@ -72,11 +72,11 @@ def fit_codebook(dataset: str, field: str, *, k: int, out: str, patch: int = 16,
                  pca_dim: int | None = None, max_vectors: int = 500_000, niter: int = 20,
                  seed: int = 0, storage_options: dict | None = None) -> dict[str, Any]:
     """Fit and save a codebook; returns a summary (k, vectors, usage, path)."""
-    from ..tokenizers.codebook import Codebook
+    from ...tokenizers.codebook import Codebook
 
     ds = open_dataset(dataset, storage_options)
     if field in IMAGE_FIELDS:
-        from ..tokenizers.patch_vq import PatchVQTokenizer
+        from ...tokenizers.patch_vq import PatchVQTokenizer
 
         tok = PatchVQTokenizer.fit(_images(ds, field), patch=patch, k=k, pca_dim=pca_dim,
                                    seed=seed, created_from=f"{ds.root} field {field}")

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import config_to_dict
-from ..errors import ConfigError, DependencyMissingError, ShardError
+from ..._registry import config_to_dict
+from ...errors import ConfigError, DependencyMissingError, ShardError
 
 __all__ = [
     "INDEX_KINDS",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .mine import MineConfig
+    from .job import MineConfig
 
 
 def _draw_histograms(path: str, edges: np.ndarray, pos: np.ndarray, neg: np.ndarray,

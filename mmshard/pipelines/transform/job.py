@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
-from ..errors import ConfigError, DataError, JobError
-from ..storage import Storage
-from ..tario import HashingWriter, TarWriter
-from .commit import ParquetSink
-from .executor import Executor, TaskLost, make_executor
-from .transform_fields import FIELD_SETS, build_field_set, decode_medium
+from ...dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
+from ...errors import ConfigError, DataError, JobError
+from ...storage import Storage
+from ...tario import HashingWriter, TarWriter
+from ..commit import ParquetSink
+from ..executor import Executor, TaskLost, make_executor
+from .fields import FIELD_SETS, build_field_set, decode_medium
 
 __all__ = ["TransformResult", "tokenize"]
 
@@ -98,7 +98,7 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
     """
     import contextlib
 
-    from ..tario import iter_tar
+    from ...tario import iter_tar
 
     t0 = time.perf_counter()
     storage = Storage(task.root, task.storage_options)

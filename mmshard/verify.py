@@ -17,8 +17,8 @@ import json
 from collections import Counter, defaultdict
 from typing import Any
 
-from ..dataset import open_dataset
-from ..errors import ShardError
+from .dataset import open_dataset
+from .errors import ShardError
 
 __all__ = ["inspect_dataset", "verify_dataset"]
 

@@ -25,17 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._registry import config_from_dict, config_to_dict
-from ..errors import ConfigError, JobError
-from ..media.audio import AudioOptions
-from ..media.image import ImageOptions
-from ..media.video import VideoOptions
-from ..samplers.splits import SplitSpec, assign_split, validate_split_spec
-from ..storage import Storage, open_input
-from .commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
-from .executor import Executor, TaskLost, make_executor
-from .ingest_task import MediaOptions, ShardTask, run_shard_task, write_lost_part
+from ..._registry import config_from_dict, config_to_dict
+from ...errors import ConfigError, JobError
+from ...media.audio import AudioOptions
+from ...media.image import ImageOptions
+from ...media.video import VideoOptions
+from ...samplers.splits import SplitSpec, assign_split, validate_split_spec
+from ...storage import Storage, open_input
+from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
+from ..executor import Executor, TaskLost, make_executor
 from .sources import InputItem, SourceOptions, collect_inputs
+from .task import MediaOptions, ShardTask, run_shard_task, write_lost_part
 
 __all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
 

@@ -52,22 +52,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._registry import config_from_dict, config_to_dict
-from ..dataset import ShardInfo, open_dataset
-from ..errors import ConfigError, DataError, JobError, ShardError
-from ..keys import VIDEO_EXTS
-from ..storage import Storage
-from ..tario import HashingWriter, TarWriter, iter_tar
-from ..tokenizers.clips import (
+from ..._registry import config_from_dict, config_to_dict
+from ...dataset import ShardInfo, open_dataset
+from ...errors import ConfigError, DataError, JobError, ShardError
+from ...keys import VIDEO_EXTS
+from ...storage import Storage
+from ...tario import HashingWriter, TarWriter, iter_tar
+from ...tokenizers.clips import (
     Clip,
     FixedWindowConfig,
     FixedWindowPlanner,
     SceneClipConfig,
     SceneClipPlanner,
 )
-from ..tokenizers.keyframes import KeyframesConfig
-from .commit import DatasetResult, commit_dataset, prepare_output, remove_temporaries
-from .executor import Executor, TaskLost, make_executor
+from ...tokenizers.keyframes import KeyframesConfig
+from ..commit import DatasetResult, commit_dataset, prepare_output, remove_temporaries
+from ..executor import Executor, TaskLost, make_executor
 
 __all__ = ["ClipsConfig", "ClipsResult", "cut_clips", "extract_clips", "plan_video_clips"]
 
@@ -173,7 +173,7 @@ def plan_video_clips(key: str, video: bytes, config: ClipsConfig,
     >>> clips, facts = plan_video_clips("v", open("v.mp4", "rb").read(),
     ...                                 ClipsConfig(window_s=2.0))   # doctest: +SKIP
     """
-    from ..media.video_reader import VideoReader
+    from ...media.video_reader import VideoReader
 
     with VideoReader(video, backend="pyav") as vr:
         meta = vr.meta
@@ -186,7 +186,7 @@ def plan_video_clips(key: str, video: bytes, config: ClipsConfig,
             return planner.plan(key, num_frames=meta.num_frames, fps=meta.fps,
                                 timestamps=ts), facts
         if kf is None:
-            from ..tokenizers.keyframes import KeyframeDetector
+            from ...tokenizers.keyframes import KeyframeDetector
 
             kf, _ = KeyframeDetector(config.detector).detect(vr)
             facts["scenes_from"] = "detector"
@@ -568,7 +568,7 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
     Reruns resume (committed shards are skipped); other options on an existing output
     raise JobError unless ``overwrite``.  Bad videos become failed ledger rows; above
     ``max_failure_rate`` the job commits, then raises
-    :class:`~mmshard.pipelines.ingest.FailureRateError`.
+    :class:`~mmshard.pipelines.ingest.job.FailureRateError`.
 
     >>> r = extract_clips("ds", "clips", mode="scenes", min_clip_s=1.0,
     ...                   executor=make_executor("local"))         # doctest: +SKIP
@@ -639,7 +639,7 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
                            extra_ledger=[], config=job, run_stats=run_stats)
     result = ClipsResult(out=storage.root, stats=stats)
     if result.failure_rate > config.max_failure_rate:
-        from .ingest import FailureRateError
+        from ..ingest.job import FailureRateError
 
         raise FailureRateError(
             f"{stats['failed']} of {stats['inputs']} videos failed "

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import Registry
-from ..errors import ConfigError, DataError
+from ..._registry import Registry
+from ...errors import ConfigError, DataError
 
 __all__ = ["FIELD_SETS", "FieldSet", "build_field_set", "npy_bytes"]
 
@@ -56,8 +56,8 @@ FIELD_SETS: Registry[Callable[[Mapping[str, Any], str, str], FieldSet]] = Regist
 
 def _feature(name: str, tokenizer: str, field: str) -> None:
     def factory(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
-        from ..tokenizers import audio_features  # noqa: F401  (registers the tokenizers)
-        from ..tokenizers.base import build_tokenizer
+        from ...tokenizers import audio_features  # noqa: F401  (registers the tokenizers)
+        from ...tokenizers.base import build_tokenizer
 
         tok = build_tokenizer(tokenizer, dict(options))
 
@@ -74,7 +74,7 @@ def _feature(name: str, tokenizer: str, field: str) -> None:
 
         compute_batch = None
         if tokenizer == "whisper_mel":
-            from ..tokenizers.audio_features import as_mono_waveform, log_mel_batch
+            from ...tokenizers.audio_features import as_mono_waveform, log_mel_batch
 
             def compute_batch(items: list[tuple[np.ndarray, int]]) -> list[dict[str, bytes]]:
                 xs = [as_mono_waveform(x, sr, tok.sample_rate) for x, sr in items]
@@ -101,9 +101,9 @@ def _units(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     A codebook fit by ``mmshard fit-codebook --field F`` records the field set F and its
     tokenizer config; units recompute that feature from the waveform so ids match.
     """
-    from ..tokenizers.base import build_tokenizer
-    from ..tokenizers.codebook import Codebook
-    from ..tokenizers.units import UnitsConfig, UnitTokenizer
+    from ...tokenizers.base import build_tokenizer
+    from ...tokenizers.codebook import Codebook
+    from ...tokenizers.units import UnitsConfig, UnitTokenizer
 
     opts = dict(options)
     cfg = UnitsConfig(**opts)
@@ -114,7 +114,7 @@ def _units(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     feature = (cb.provenance or {}).get("feature")
     tok = UnitTokenizer(cb, cfg)
     if feature:
-        from ..tokenizers import audio_features  # noqa: F401
+        from ...tokenizers import audio_features  # noqa: F401
 
         feat_tok = build_tokenizer(feature["tokenizer"], feature["config"])
         frames_first = feature.get("layout") == "bins_frames"
@@ -138,8 +138,8 @@ def _units(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
 
 @FIELD_SETS.register("keyframes")
 def _keyframes(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
-    from .._registry import config_from_dict
-    from ..tokenizers.keyframes import KeyframeDetector, KeyframesConfig
+    from ..._registry import config_from_dict
+    from ...tokenizers.keyframes import KeyframeDetector, KeyframesConfig
 
     det = KeyframeDetector(config_from_dict(KeyframesConfig, dict(options)))
 
@@ -155,7 +155,7 @@ def _keyframes(options: Mapping[str, Any], device: str, out_name: str) -> FieldS
 
 @FIELD_SETS.register("vq")
 def _vq(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
-    from ..tokenizers.patch_vq import PatchVQTokenizer
+    from ...tokenizers.patch_vq import PatchVQTokenizer
 
     path = dict(options).get("codebook_path") or dict(options).get("path")
     if not path:
@@ -172,8 +172,8 @@ def _vq(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
 @FIELD_SETS.register("emb")
 def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     """Embeddings (``mmshard embed``): ``<name>.npy`` float vectors of one field."""
-    from ..keys import modality_of
-    from ..tokenizers.encoders import build_encoder
+    from ...keys import modality_of
+    from ...tokenizers.encoders import build_encoder
 
     opts = dict(options)
     spec = opts.pop("encoder", None)
@@ -238,7 +238,7 @@ def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
     Returns None when the sample has no such medium.  Raises DataError when it does
     not decode.
     """
-    from ..keys import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
+    from ...keys import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 
     if modality == "text":
         if "txt" not in sample:
@@ -256,7 +256,7 @@ def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
     if modality == "video":
         return data
     if modality == "audio":
-        from ..media.audio import decode_audio
+        from ...media.audio import decode_audio
 
         x, sr, _ = decode_audio(data)
         if x.shape[0] == 0:
@@ -270,6 +270,3 @@ def decode_medium(sample: Mapping[str, Any], modality: str) -> Any:
     except (UnidentifiedImageError, OSError) as e:
         raise DataError("corrupt_image", f"image does not decode: {e}") from e
 
-
-from . import transform_video, transform_vision  # noqa: E402,F401  (register frames, vqvae,
-#                                                   tokenizer: after FIELD_SETS exists)

@@ -3,7 +3,7 @@
 Images stream from the dataset's shards through the streaming :class:`~mmshard.Loader`
 (seeded shuffle, epoch after epoch, decoded in ``num_workers`` processes): each image
 is scaled so its shortest side is ``image_size`` and centre-cropped to a square
-(:class:`~mmshard.pipelines.decode.ShortestSideCrop`).  Only samples the manifest knows
+(:class:`~mmshard.pipelines.stream.decode.ShortestSideCrop`).  Only samples the manifest knows
 as images (width and height recorded) are planned; a sample that still fails to decode
 is skipped and counted (``summary["skipped"]``).  The model is
 :func:`mmshard.tokenizers.vqvae.train_vqvae` (EMA codebook, dead-code restarts).
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import config_from_dict, config_to_dict
-from ..errors import ConfigError, DataError
+from ..._registry import config_from_dict, config_to_dict
+from ...errors import ConfigError, DataError
 
 __all__ = ["TrainVQConfig", "summary_path", "train_vq"]
 
@@ -89,7 +89,7 @@ class TrainVQConfig:
 
     def vqvae_config(self) -> Any:
         """The :class:`~mmshard.tokenizers.vqvae.VQVAEConfig` this run trains."""
-        from ..tokenizers.vqvae import VQVAEConfig
+        from ...tokenizers.vqvae import VQVAEConfig
 
         return config_from_dict(VQVAEConfig, {**self.model, "codebook_size": self.k,
                                               "batch_size": self.batch_size})
@@ -135,7 +135,7 @@ class _Images:
 
 def _image_batching() -> Any:
     """FixedBatching over the samples the manifest records a width and height for."""
-    from ..samplers.batching import PlannedBatch, _chunks
+    from ...samplers.batching import PlannedBatch, _chunks
 
     class ImagesOnly:
         equal_counts = False
@@ -151,7 +151,7 @@ def _image_batching() -> Any:
 
 
 def _usage(model: Any, images: list[np.ndarray], k: int) -> dict[str, Any]:
-    from ..tokenizers.vqvae import VQVAETokenizer
+    from ...tokenizers.vqvae import VQVAETokenizer
 
     if not images:
         return {"images": 0, "used_codes": 0, "used_fraction": 0.0, "perplexity": 0.0}
@@ -186,10 +186,10 @@ def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64
     >>> s["history"][-1]["loss"] < s["history"][0]["loss"]                       # doctest: +SKIP
     True
     """
-    from ..tokenizers.vqvae import save_vqvae, train_vqvae
-    from .decode import DecodeConfig, ImageDecode, ShortestSideCrop
-    from .stream import Loader
-    from .stream_source import DatasetSource
+    from ...tokenizers.vqvae import save_vqvae, train_vqvae
+    from ..stream.decode import DecodeConfig, ImageDecode, ShortestSideCrop
+    from ..stream.loader import Loader
+    from ..stream.source import DatasetSource
 
     cfg = TrainVQConfig(k=k, steps=steps, image_size=image_size, batch_size=batch_size,
                         seed=seed, split=split, model=dict(model or {}), log_every=log_every,

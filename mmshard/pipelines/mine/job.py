@@ -3,7 +3,7 @@
 plan -> tasks -> commit, like every mmshard job:
 
 1. **plan** (driver): read query and corpus embeddings (memory-mapped ``.npy``, Parquet
-   or ``emb.npy`` shards, see :mod:`~mmshard.pipelines.embeddings_io`); rows with NaN/inf
+   or ``emb.npy`` shards, see :mod:`~mmshard.pipelines.mine.embeddings_io`); rows with NaN/inf
    (``nan_vector``), all-zero vectors when normalising (``zero_vector``) or repeated keys
    (``duplicate_key``) become failure rows and are left out; the rest are written once,
    as float32 and L2-normalised if ``normalize`` (done ONCE, here), to
@@ -53,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import config_from_dict, config_to_dict
-from ..errors import ConfigError, JobError
-from ..samplers.negatives import (
+from ..._registry import config_from_dict, config_to_dict
+from ...errors import ConfigError, JobError
+from ...samplers.negatives import (
     CandidateBatch,
     TopKConfig,
     build_strategy,
@@ -63,7 +63,7 @@ from ..samplers.negatives import (
     strategy_from_dict,
     strategy_to_dict,
 )
-from ._mine_report import _commit, _draw_histograms, _write_failures
+from ..executor import Executor, LocalExecutor
 from .embeddings_io import (
     Embeddings,
     EmbeddingSource,
@@ -71,7 +71,6 @@ from .embeddings_io import (
     read_key_table,
     source_signature,
 )
-from .executor import Executor, LocalExecutor
 from .faiss_index import (
     IndexConfig,
     build_index,
@@ -83,6 +82,7 @@ from .faiss_index import (
     save_index,
     search,
 )
+from .report import _commit, _draw_histograms, _write_failures
 
 __all__ = ["MineConfig", "MineResult", "PositivesConfig", "Reminer", "mine",
            "mine_config_from_dict", "mine_config_to_dict", "output_paths", "remine"]

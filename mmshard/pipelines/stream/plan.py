@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..samplers.batching import Batching, PlannedBatch, SampleMeta, equalize_batches
-from ..samplers.mixing import Mixing, mix_streams
-from ..samplers.order import EpochOrder, make_rng
+from ...errors import ConfigError
+from ...samplers.batching import Batching, PlannedBatch, SampleMeta, equalize_batches
+from ...samplers.mixing import Mixing, mix_streams
+from ...samplers.order import EpochOrder, make_rng
 
 __all__ = ["EpochPlanner"]
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import Registry
-from ..errors import ConfigError, DataError, DependencyMissingError
+from ..._registry import Registry
+from ...errors import ConfigError, DataError, DependencyMissingError
 
 __all__ = [
     "RESIZE_POLICIES",
@@ -253,7 +253,7 @@ def _decode_mel(data: bytes, cfg: MelDecode) -> Any:
 
 def _decode_video(data: bytes, cfg: VideoDecode, key: str | None) -> Any:
     try:
-        from ..media.video_reader import open_video
+        from ...media.video_reader import open_video
     except ImportError as e:  # pragma: no cover - shipped with mmshard
         raise DependencyMissingError("video decoding needs mmshard.media.video_reader") from e
     import torch

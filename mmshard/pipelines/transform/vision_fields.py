@@ -1,7 +1,7 @@
 """Vision field sets of the transform job: ``vqvae`` ids and user ``tokenizer`` plug-ins.
 
 Importing this module registers two field sets in
-:data:`mmshard.pipelines.transform_fields.FIELD_SETS`:
+:data:`mmshard.pipelines.transform.fields.FIELD_SETS`:
 
 - ``vqvae`` -- a VQ-VAE checkpoint made by ``mmshard train-vq`` turns each image (RGB
   ``uint8 [H, W, 3]``) into an id grid ``[H/f, W/f]`` stored as ``<name>.npy``
@@ -27,7 +27,7 @@ Importing this module registers two field sets in
   ids land in ``<name>.npy`` (``tokenizer.npy`` by default).  With the Ray executor the
   plug-in module must be importable on every worker (installed, or on ``PYTHONPATH``).
 
->>> from mmshard.pipelines.transform_fields import build_field_set   # doctest: +SKIP
+>>> from mmshard.pipelines.transform.fields import build_field_set   # doctest: +SKIP
 >>> fs = build_field_set("vqvae", {"path": "vq.safetensors", "image_size": 64})  # doctest: +SKIP
 >>> fs.outputs                                                        # doctest: +SKIP
 ('vqvae.npy',)
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from .transform_fields import FIELD_SETS, FieldSet, npy_bytes
+from ...errors import ConfigError, DataError
+from .fields import FIELD_SETS, FieldSet, npy_bytes
 
 __all__ = ["checkpoint_sha256", "crop_to_square"]
 
@@ -66,7 +66,7 @@ def checkpoint_sha256(path: str) -> str:
 def crop_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """Scale the shortest side to ``size`` (bicubic) and centre-crop ``size x size``.
 
-    The same policy as :class:`mmshard.pipelines.decode.ShortestSideCrop`, which
+    The same policy as :class:`mmshard.pipelines.stream.decode.ShortestSideCrop`, which
     ``train_vq`` uses, so tokenized images look like the training images.
 
     >>> crop_to_square(np.zeros((20, 40, 3), np.uint8), 8).shape
@@ -74,7 +74,7 @@ def crop_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    from .decode import ShortestSideCrop
+    from ..stream.decode import ShortestSideCrop
 
     img = ShortestSideCrop(size=size)(Image.fromarray(np.asarray(image, np.uint8)), None)
     return np.asarray(img, np.uint8)
@@ -91,7 +91,7 @@ def _bool(name: str, value: Any) -> bool:
 @FIELD_SETS.register("vqvae")
 def _vqvae(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     """VQ-VAE id grids of each image (see the module docstring)."""
-    from ..tokenizers.vqvae import VQVAETokenizer, load_vqvae
+    from ...tokenizers.vqvae import VQVAETokenizer, load_vqvae
 
     opts = dict(options)
     path = opts.pop("path", None) or opts.pop("codebook_path", None)
@@ -180,9 +180,9 @@ def _as_ids(out: Any, spec: str, allow_float: bool, store_dtype: np.dtype | None
 @FIELD_SETS.register("tokenizer")
 def _tokenizer(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     """A user plug-in ``package.module:factory`` (see the module docstring)."""
-    from .._registry import load_object
-    from ..keys import modality_of
-    from ..tokenizers.plugin import load_tokenizer
+    from ..._registry import load_object
+    from ...keys import modality_of
+    from ...tokenizers.plugin import load_tokenizer
 
     opts = dict(options)
     spec = opts.pop("factory", None)
