@@ -17,12 +17,13 @@ from typing import Any
 
 from ..dataset import DatasetIndex, ShardInfo
 from ..storage import Storage
+from .task import PARTS_DIR, part_name
 
 __all__ = ["FINAL_FILES", "JOB_FILE", "DatasetResult", "ParquetSink", "commit_dataset",
            "prepare_output"]
 
 JOB_FILE = "_work/job.json"
-FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json")
+FINAL_FILES = ("index.json", "manifest.parquet", "ledger.parquet", "stats.json", "labels.json")
 
 
 def _schemas():
@@ -32,7 +33,7 @@ def _schemas():
         ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
         ("group", pa.string()), ("modality", pa.string()), ("fields", pa.string()),
         ("size", pa.int64()), ("source_size", pa.int64()), ("sha256", pa.string()),
-        ("source", pa.string()), ("label", pa.string()),
+        ("source", pa.string()), ("label", pa.string()), ("label_id", pa.int64()),
         ("width", pa.int32()), ("height", pa.int32()), ("sample_rate", pa.int32()),
         ("channels", pa.int16()), ("duration", pa.float64()), ("fps", pa.float64()),
         ("frames", pa.int64()),
@@ -86,7 +87,7 @@ def prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool, *,
 
 def remove_temporaries(storage: Storage) -> None:
     """Delete what a killed writer left (only safe while one job owns the folder)."""
-    for folder in ("", "shards", "_work", "_work/parts"):
+    for folder in ("", "shards", "_work", PARTS_DIR):
         storage.remove_temporaries(folder)
 
 
@@ -127,15 +128,17 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
                    extra_ledger: list[dict[str, Any]], config: dict[str, Any],
                    run_stats: dict[str, Any],
                    shard_round: dict[str, int] | None = None,
-                   latest_round: dict[str, int] | None = None) -> dict[str, Any]:
+                   latest_round: dict[str, int] | None = None,
+                   labels: Any = None) -> dict[str, Any]:
     """Write manifest, ledger, index and stats from the part records; return the stats.
+
+    ``labels`` (an ingest ``LabelVocab``) is written to ``labels.json`` and summarised in
+    ``index.json`` (``provenance.labels``).
 
     ``shard_round``/``latest_round`` describe ``--retry-failed`` rounds: a ledger row of
     a shard from round r is dropped when its key was retried in a later round, so every
     input keeps exactly one ledger row (its latest outcome).
     """
-    from .ingest.task import part_name
-
     manifest_schema, ledger_schema = _schemas()
     shard_round = shard_round or {}
     latest_round = latest_round or {}
@@ -193,8 +196,13 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
         totals[r["status"]] += 1
         if r["status"] == "failed":
             failures[r["reason"]] += 1
+    provenance: dict[str, Any] = {}
+    if labels is not None:
+        storage.write_bytes("labels.json", labels.to_json())
+        provenance["labels"] = labels.summary()
     index = DatasetIndex(name=name, shards=tuple(shard_infos), fields=tuple(sorted(fields)),
-                         splits=dict(sorted(splits.items())), config=config)
+                         splits=dict(sorted(splits.items())), config=config,
+                         provenance=provenance)
     storage.write_bytes("index.json", index.to_json())
     inputs = totals["ok"] + totals["failed"] + totals["duplicate"]
     seconds = run_stats.get("seconds") or 0.0

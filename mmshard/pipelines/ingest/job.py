@@ -33,9 +33,10 @@ from ...media.video import VideoOptions
 from ...samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ...storage import Storage, open_input
 from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
-from ..executor import Executor, TaskLost, make_executor
+from ..executor import Executor, make_executor
+from ..task import PARTS_DIR, run_tasks
 from .sources import InputItem, SourceOptions, collect_inputs
-from .task import MediaOptions, ShardTask, run_shard_task, write_lost_part
+from .task import MediaOptions, ShardResult, ShardTask, run_shard_task, write_lost_part
 
 __all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
 
@@ -235,7 +236,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         media = MediaOptions(image=config.image, audio=config.audio, video=config.video,
                              max_file_bytes=config.max_file_bytes)
         all_shards = shards + [s for r in rounds for s in r]
-        done = set(n.removesuffix(".json") for n in storage.listdir("_work/parts"))
+        done = set(n.removesuffix(".json") for n in storage.listdir(PARTS_DIR))
         todo = [s for s in all_shards if s.name not in done]
         tasks = [ShardTask(out=storage.root, storage_options=storage.storage_options,
                            shard=s.name, split=s.split, items=s.items, media=media)
@@ -309,22 +310,18 @@ def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[Plann
 
 
 def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shards: int) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_shards, initial=total_shards - len(tasks), unit="shard",
-               disable=not progress, dynamic_ncols=True, desc="ingest")
     t0 = time.perf_counter()
-    ok = failed = nbytes = 0
-    try:
-        for i, res in executor.imap_unordered(run_shard_task, tasks):
-            if isinstance(res, TaskLost):
-                res = write_lost_part(tasks[i], res.cause)
-            ok += res.ok
-            failed += res.failed
-            nbytes += res.bytes_in
-            dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(samples_s=f"{ok / dt:.1f}", MB_s=f"{nbytes / 1e6 / dt:.1f}",
-                            failed=failed, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
+    seen = {"ok": 0, "failed": 0, "bytes": 0}
+
+    def postfix(res: ShardResult) -> dict[str, Any]:
+        seen["ok"] += res.ok
+        seen["failed"] += res.failed
+        seen["bytes"] += res.bytes_in
+        dt = max(time.perf_counter() - t0, 1e-9)
+        return {"samples_s": f"{seen['ok'] / dt:.1f}", "MB_s": f"{seen['bytes'] / 1e6 / dt:.1f}",
+                "failed": seen["failed"]}
+
+    for _ in run_tasks(executor, run_shard_task, tasks, on_lost=write_lost_part,
+                       progress=progress, desc="ingest", total=total_shards,
+                       initial=total_shards - len(tasks), postfix=postfix):
+        pass

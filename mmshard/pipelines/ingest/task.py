@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,19 +22,14 @@ from ...media.audio import AudioOptions, process_audio
 from ...media.image import ImageOptions, ProcessedMedia, process_image
 from ...media.video import VideoOptions, process_video
 from ...storage import Storage, open_input
-from ...tario import HashingWriter, TarWriter
+from ..task import PartRecord, ShardOutput, part_name
 from .sources import InputItem
 
 __all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",
            "write_lost_part"]
 
 log = logging.getLogger(__name__)
-PARTS_DIR = "_work/parts"
 _MODALITY_ORDER = {"video": 0, "image": 1, "audio": 2}
-
-
-def part_name(shard: str) -> str:
-    return f"{PARTS_DIR}/{shard}.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,11 +60,6 @@ class ShardResult:
     bytes_in: int
     bytes_out: int
     seconds: float
-
-
-class _AbortEmpty(Exception):
-    """Raised inside the atomic writer to discard a tar with no samples."""
-
 
 
 def _read(uri: str, limit: int) -> bytes:
@@ -193,9 +182,16 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions
         doc["meta"] = meta
     if caption is not None:
         sample["txt"] = caption
+    label_id = item.label_id
+    if label is not None and label_id is None:  # no plan-time vocabulary (labels.py)
+        if not (label.isascii() and label.isdigit()):
+            raise DataError("bad_label", f"label {label!r} has no id: labels are assigned "
+                            "ids at plan time (mmshard.pipelines.ingest.labels)")
+        label_id = int(label)
     if label is not None:
-        sample["cls"] = label
+        sample["cls"] = str(label_id)  # WebDataset .cls: an integer class index
         doc["label"] = label
+        doc["label_id"] = label_id
     sample["json"] = json.dumps(doc, sort_keys=True, ensure_ascii=False)
     stored = sum(len(v) if isinstance(v, bytes) else len(v.encode()) for k, v in sample.items()
                  if not k.startswith("__"))
@@ -203,7 +199,7 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions
         "key": item.key, "split": split, "group": item.group, "modality": pmeta["modality"],
         "fields": ",".join(sorted(k for k in sample if not k.startswith("__"))),
         "size": stored, "source_size": bytes_in, "sha256": pmeta["sha256"],
-        "source": doc["source"], "label": label,
+        "source": doc["source"], "label": label, "label_id": label_id,
         "width": pmeta.get("width"), "height": pmeta.get("height"),
         "sample_rate": pmeta.get("sample_rate"), "channels": pmeta.get("channels"),
         "duration": pmeta.get("duration"), "fps": pmeta.get("fps"), "frames": pmeta.get("frames"),
@@ -215,72 +211,30 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     """Process one shard's inputs and commit the tar and part record (see module doc)."""
     t0 = time.perf_counter()
     storage = Storage(task.out, task.storage_options)
-    ledger: list[dict[str, Any]] = []
-    manifest: list[dict[str, Any]] = []
-    failures: Counter[str] = Counter()
-    bytes_in = 0
-    tar_rel = f"shards/{task.shard}.tar"
-    info: dict[str, Any] = {}
-    try:
-        with storage.atomic_writer(tar_rel) as raw:
-            hw = HashingWriter(raw)
-            writer = TarWriter(hw)  # type: ignore[arg-type]
-            for item in task.items:
-                try:
-                    sample, row = build_sample(item, task.split, task.media)
-                except DataError as e:
-                    failures[e.reason] += 1
-                    detail = str(e).split(": ", 1)[-1]
-                    ledger.append(_ledger(item, task, "failed", e.reason, detail, None))
-                    log.info("ingest %s: %s failed: %s", task.shard, item.key, e)
-                    continue
-                except Exception as e:  # a decoder bug must not stop the job: counted, logged
-                    failures["internal_error"] += 1
-                    ledger.append(_ledger(item, task, "failed", "internal_error",
-                                          f"{type(e).__name__}: {e}", None))
-                    log.warning("ingest %s: %s internal error", task.shard, item.key,
-                                exc_info=True)
-                    continue
-                writer.write(sample)
-                bytes_in += row["source_size"]
-                row["shard"] = task.shard
-                manifest.append(row)
-                ledger.append(_ledger(item, task, "ok", "", "", task.shard))
-            writer.close()
-            if writer.count == 0:
-                raise _AbortEmpty
-            info = {"url": tar_rel, "filesize": hw.n, "sha256": hw.hexdigest()}
-    except _AbortEmpty:
-        info = {}
+    part = PartRecord(task.shard, task.split, "ingest")
+    with ShardOutput(storage, f"shards/{task.shard}.tar") as out:
+        for item in task.items:
+            built = part.attempt(item.source, item.key, build_sample, item, task.split,
+                                 task.media)
+            if built is None:
+                continue
+            sample, row = built
+            out.write(sample)
+            part.bytes_in += row["source_size"]
+            part.ok(item.source, item.key, [row])
     seconds = time.perf_counter() - t0
-    part = {
-        "shard": task.shard, "split": task.split, "planned": len(task.items),
-        "nsamples": len(manifest), **info, "failures": dict(sorted(failures.items())),
-        "ledger": ledger, "manifest": manifest,
-        "stats": {"seconds": round(seconds, 4), "bytes_in": bytes_in,
-                  "bytes_out": info.get("filesize", 0)},
-    }
-    storage.write_bytes(part_name(task.shard), json.dumps(part, sort_keys=True).encode())
-    return ShardResult(shard=task.shard, ok=len(manifest), failed=sum(failures.values()),
-                       bytes_in=bytes_in, bytes_out=info.get("filesize", 0), seconds=seconds)
-
-
-def _ledger(item: InputItem, task: ShardTask, status: str, reason: str, detail: str,
-            shard: str | None) -> dict[str, Any]:
-    return {"source": item.source, "key": item.key, "status": status, "reason": reason,
-            "detail": detail, "shard": shard, "split": task.split}
+    part.commit(storage, out.info, planned=len(task.items), seconds=seconds)
+    return ShardResult(shard=task.shard, ok=len(part.manifest), failed=part.failed,
+                       bytes_in=part.bytes_in, bytes_out=out.info.get("filesize", 0),
+                       seconds=seconds)
 
 
 def write_lost_part(task: ShardTask, cause: object) -> ShardResult:
     """Account for a shard whose task died on every attempt: one failed ledger row per
     input (reason ``worker_lost``), no tar.  ``--retry-failed`` can re-attempt them."""
     storage = Storage(task.out, task.storage_options)
-    detail = f"task for shard {task.shard} died on every attempt: {cause}"
-    ledger = [_ledger(item, task, "failed", "worker_lost", detail, None) for item in task.items]
-    part = {"shard": task.shard, "split": task.split, "planned": len(task.items),
-            "nsamples": 0, "failures": {"worker_lost": len(task.items)}, "ledger": ledger,
-            "manifest": [], "stats": {"seconds": 0.0, "bytes_in": 0, "bytes_out": 0}}
-    storage.remove(f"shards/{task.shard}.tar")
-    storage.write_bytes(part_name(task.shard), json.dumps(part, sort_keys=True).encode())
+    PartRecord.lost(storage, task.shard, task.split,
+                    [(it.source, it.key) for it in task.items], cause,
+                    tar=f"shards/{task.shard}.tar")
     return ShardResult(shard=task.shard, ok=0, failed=len(task.items), bytes_in=0, bytes_out=0,
                        seconds=0.0)
