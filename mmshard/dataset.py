@@ -41,6 +41,7 @@ class ShardInfo:
     sha256: str
     failed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    base_sha256: str | None = None  # sidecar shards: sha256 of the base shard it came from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +67,8 @@ class DatasetIndex:
             "field_set": self.field_set,
             "fields": list(self.fields),
             "splits": self.splits,
-            "shardlist": [dataclasses.asdict(s) for s in self.shards],
+            "shardlist": [{k: v for k, v in dataclasses.asdict(s).items()
+                           if not (k == "base_sha256" and v is None)} for s in self.shards],
             "config": self.config,
             "provenance": self.provenance,
         }
@@ -87,6 +89,7 @@ class DatasetIndex:
                     url=s["url"], split=s.get("split", "train"), nsamples=int(s["nsamples"]),
                     filesize=int(s.get("filesize", -1)), sha256=s.get("sha256", ""),
                     failed=int(s.get("failed", 0)), failures=dict(s.get("failures", {})),
+                    base_sha256=s.get("base_sha256"),
                 )
                 for s in doc["shardlist"]
             )
