@@ -17,6 +17,7 @@ from typing import Any
 
 from ..dataset import DatasetIndex, ShardInfo
 from ..storage import Storage
+from .result import JobResult
 from .task import PARTS_DIR, part_name
 
 __all__ = ["FINAL_FILES", "JOB_FILE", "DatasetResult", "ParquetSink", "commit_dataset",
@@ -47,15 +48,8 @@ def _schemas():
 
 
 @dataclass(frozen=True)
-class DatasetResult:
+class DatasetResult(JobResult):
     """A finished job that wrote a dataset folder (ingest, clips): where, and stats.json."""
-
-    out: str
-    stats: dict[str, Any]
-
-    @property
-    def failure_rate(self) -> float:
-        return float(self.stats["failure_rate"])
 
 
 def prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool, *,

@@ -34,7 +34,10 @@ from ...samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ...storage import Storage, open_input
 from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from ..executor import Executor, make_executor
+from ..result import FailureRateError
 from ..task import PARTS_DIR, run_tasks
+from .labels import assign_label_ids
+from .layout import layout_of
 from .sources import InputItem, SourceOptions, collect_inputs
 from .task import MediaOptions, ShardResult, ShardTask, run_shard_task, write_lost_part
 
@@ -93,12 +96,6 @@ class IngestConfig:
 
 IngestResult = DatasetResult  # what a finished job returns: out folder + stats.json
 
-class FailureRateError(JobError):
-    """Raised after commit when the failure rate is above ``max_failure_rate``."""
-
-    def __init__(self, message: str, result: IngestResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,8 @@ class PlannedShard:
 
 
 def plan_shards(items: Sequence[InputItem], config: IngestConfig) -> list[PlannedShard]:
-    """Assign splits by group hash and cut each split (in key order) into shards."""
+    """Assign splits by group hash and cut each split into shards of one layout each
+    (the field set its samples will have, see layout.py), in key order within a layout."""
     by_split: dict[str, list[InputItem]] = {name: [] for name, _ in config.splits}
     for it in items:
         by_split[assign_split(it.group or it.key, config.splits, config.split_seed)].append(it)
@@ -118,8 +116,9 @@ def plan_shards(items: Sequence[InputItem], config: IngestConfig) -> list[Planne
         cur: list[InputItem] = []
         cur_bytes = 0
         n = 0
-        for it in its:
-            if cur and (len(cur) >= config.max_samples or (
+        laid = sorted(((layout_of(it, config.image, config.audio), it.key), it) for it in its)
+        for i, ((lay, _), it) in enumerate(laid):
+            if cur and (len(cur) >= config.max_samples or lay != laid[i - 1][0][0] or (
                     config.max_bytes is not None and cur_bytes + it.size > config.max_bytes)):
                 shards.append(PlannedShard(f"{split}-{n:06d}", split, tuple(cur)))
                 n, cur, cur_bytes = n + 1, [], 0
@@ -220,6 +219,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     t0 = time.perf_counter()
     storage = Storage(out, storage_options)
     items, ignored = collect_inputs(list(sources), config.sources)
+    labels, items = assign_label_ids(items)  # one vocabulary over all inputs, before tasks
     job = _fingerprint(config, sources)
     if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
         raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; run "
@@ -253,7 +253,8 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
                         for it in s.items}
         stats = commit_dataset(storage, name=name, shard_order=[s.name for s in all_shards],
                                extra_ledger=dup_rows, config=job, run_stats=run_stats,
-                               shard_round=shard_round, latest_round=latest_round)
+                               shard_round=shard_round, latest_round=latest_round,
+                               labels=labels)
     finally:
         if own_executor:
             executor.close()

@@ -17,19 +17,20 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ...dataset import Dataset, DatasetIndex, ShardInfo, open_dataset
-from ...errors import ConfigError, DataError, JobError
+from ...errors import ConfigError, DataError, JobError, ShardError
 from ...storage import Storage
-from ...tario import HashingWriter, TarWriter
 from ..commit import ParquetSink
-from ..executor import Executor, TaskLost, make_executor
+from ..executor import Executor, make_executor
+from ..result import JobResult
+from ..task import ShardOutput, lost_rows, part_name, run_tasks
 from .fields import FIELD_SETS, build_field_set, decode_medium
 
-__all__ = ["TransformResult", "tokenize"]
+__all__ = ["TokenizeConfig", "TransformResult", "tokenize"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,21 @@ class TransformTask:
     field_sets: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
     device: str
     batch_size: int = 1
+    keys: tuple[str, ...] = ()  # the shard's keys from the base manifest (for lost rows)
 
 
 @dataclass(frozen=True)
-class TransformResult:
-    """Per field set: the contents of its stats.json."""
+class TransformResult(JobResult):
+    """``out`` is the dataset; ``stats`` maps each field set to its stats.json."""
 
-    root: str
-    stats: dict[str, dict[str, Any]]
+    @property
+    def root(self) -> str:
+        return self.out
+
+    @property
+    def failure_rate(self) -> float:
+        rates = [s["failed"] / max(s["samples"] + s["failed"], 1) for s in self.stats.values()]
+        return max(rates, default=0.0)
 
 
 
@@ -89,20 +97,46 @@ def _decode_all(sample: dict[str, Any], modalities: set[str]) -> dict[str, Any]:
     return media
 
 
+def _read_shard(storage: Storage, task: TransformTask, flush: Callable[[list], None]
+                ) -> tuple[list[str], ShardError | None]:
+    """Stream the base shard ``batch_size`` samples at a time into ``flush``; return the
+    keys read and, for a corrupt or truncated shard, the error that stopped the read
+    (the samples before it are still processed)."""
+    from ...tario import iter_tar
+
+    seen: list[str] = []
+    chunk: list[dict[str, Any]] = []
+    error: ShardError | None = None
+    try:
+        with storage.open_read(task.shard.url) as f:
+            for s in iter_tar(f, url=storage.path(task.shard.url)):
+                seen.append(s["__key__"])
+                chunk.append(s)
+                if len(chunk) >= task.batch_size:
+                    flush(chunk)
+                    chunk = []
+    except ShardError as e:
+        error = e
+        log.warning("tokenize: %s", e)
+    if chunk:
+        flush(chunk)
+    return seen, error
+
+
 def run_transform_task(task: TransformTask) -> dict[str, int]:
     """Process one base shard for every requested field set (see module docstring).
 
     Streams the base shard ``batch_size`` samples at a time (1 on CPU: one sample in
     memory); each medium is decoded once for all field sets that need its modality, and
-    field sets with a batched path (log-mel on a GPU) get the chunk in one call.
+    field sets with a batched path (log-mel on a GPU) get the chunk in one call.  A
+    truncated base shard gives failed rows (``unreadable_shard``) for the samples the
+    base manifest lists but the shard no longer yields.
     """
     import contextlib
 
-    from ...tario import iter_tar
-
     t0 = time.perf_counter()
     storage = Storage(task.root, task.storage_options)
-    name = task.shard.url.rsplit("/", 1)[-1].removesuffix(".tar")
+    name = _shard_name(task.shard)
     built = {fs: build_field_set(fs, dict(opts), task.device) for fs, opts in task.field_sets}
     modalities = {fs.modality for fs in built.values()}
     ledgers: dict[str, list[dict[str, Any]]] = {n: [] for n in built}
@@ -124,36 +158,55 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
                     fails[n][res.reason] += 1
                     ledgers[n].append(_row(key, name, "failed", res.reason, str(res)))
                 else:
-                    writers[n].write({"__key__": key, **res})
+                    outs[n].write({"__key__": key, **res})
                     ledgers[n].append(_row(key, name, "ok", "", ""))
 
     with contextlib.ExitStack() as stack:
-        hashers, writers = {}, {}
+        outs = {n: stack.enter_context(ShardOutput(storage, f"{n}/{name}.tar", keep_empty=True,
+                                                   url=f"{name}.tar")) for n in built}
+        seen, error = _read_shard(storage, task, flush)
+    if error is not None:
+        have = set(seen)
+        lost = [k for k in task.keys if k not in have] or ["*"]
         for n in built:
-            raw = stack.enter_context(storage.atomic_writer(f"{n}/{name}.tar"))
-            hashers[n] = HashingWriter(raw)
-            writers[n] = TarWriter(hashers[n])  # type: ignore[arg-type]
-        chunk: list[dict[str, Any]] = []
-        with storage.open_read(task.shard.url) as f:
-            for s in iter_tar(f, url=storage.path(task.shard.url)):
-                chunk.append(s)
-                if len(chunk) >= task.batch_size:
-                    flush(chunk)
-                    chunk = []
-        if chunk:
-            flush(chunk)
-        for w in writers.values():
-            w.close()
-    counts: dict[str, int] = {}
+            fails[n]["unreadable_shard"] += len(lost)
+            ledgers[n] += [_row(k, name, "failed", "unreadable_shard", str(error)) for k in lost]
     for n in built:
-        part = {"shard": name, "split": task.shard.split, "url": f"{name}.tar",
-                "nsamples": writers[n].count, "filesize": hashers[n].n,
-                "sha256": hashers[n].hexdigest(), "failures": dict(sorted(fails[n].items())),
-                "ledger": ledgers[n], "seconds": round(time.perf_counter() - t0, 4)}
-        storage.write_bytes(f"{_work(n)}/parts/{name}.json",
-                            json.dumps(part, sort_keys=True).encode())
-        counts[n] = writers[n].count
-    return counts
+        _write_part(storage, n, task, outs[n].info, outs[n].count, fails[n], ledgers[n],
+                    time.perf_counter() - t0)
+    return {n: outs[n].count for n in built}
+
+
+def _shard_name(shard: ShardInfo) -> str:
+    return shard.url.rsplit("/", 1)[-1].removesuffix(".tar")
+
+
+def _write_part(storage: Storage, field_set: str, task: TransformTask, info: dict[str, Any],
+                nsamples: int, fails: Counter[str], ledger: list[dict[str, Any]],
+                seconds: float, lost: bool = False) -> None:
+    name = _shard_name(task.shard)
+    part = {"shard": name, "split": task.shard.split, "url": f"{name}.tar",
+            "nsamples": nsamples, "filesize": info["filesize"], "sha256": info["sha256"],
+            "base_sha256": task.shard.sha256, "failures": dict(sorted(fails.items())),
+            "ledger": ledger, "seconds": round(seconds, 4), "lost": lost}
+    storage.write_bytes(part_name(name, f"{_work(field_set)}/parts"),
+                        json.dumps(part, sort_keys=True).encode())
+
+
+def _write_lost_parts(task: TransformTask, cause: object) -> dict[str, int]:
+    """A task that died on every attempt: per field set an empty sidecar tar and
+    ``worker_lost`` rows for the shard's samples; a rerun recomputes the shard."""
+    storage = Storage(task.root, task.storage_options)
+    name = _shard_name(task.shard)
+    for n, _ in task.field_sets:
+        with ShardOutput(storage, f"{n}/{name}.tar", keep_empty=True, url=f"{name}.tar") as out:
+            pass
+        rows = [{"key": r["key"], "shard": name, "status": r["status"], "reason": r["reason"],
+                 "detail": r["detail"]} for r in lost_rows([(k, k) for k in task.keys], name,
+                                                           cause)]
+        _write_part(storage, n, task, out.info, 0, Counter({"worker_lost": len(rows)}), rows,
+                    0.0, lost=True)
+    return {n: 0 for n, _ in task.field_sets}
 
 
 def _row(key: str, shard: str, status: str, reason: str, detail: str) -> dict[str, Any]:
@@ -167,38 +220,109 @@ def _ledger_schema():
                       ("reason", pa.string()), ("detail", pa.string())])
 
 
-def tokenize(dataset: str, field_sets: Mapping[str, Mapping[str, Any]], *,
-             executor: Executor | None = None, device: str = "cpu", overwrite: bool = False,
-             progress: bool = False, storage_options: dict | None = None,
-             batch_size: int | None = None) -> TransformResult:
-    """Write sidecar field sets (``{"mel": {...options}, "units": {"codebook_path": p}}``)
-    for every shard of ``dataset``.  Returns per-field-set stats.
+@dataclass(frozen=True, kw_only=True)
+class TokenizeConfig:
+    """One tokenize/embed job: which field sets with which options, on which device.
 
-    ``batch_size`` samples are decoded and tokenized together (default 1 on CPU, 16 on
+    ``field_sets`` maps an output name to its options (``{"mel": {"n_mels": 80}}``;
+    ``"kind"`` names the registered field set when the output name is custom, as
+    ``{"emb_txt": {"kind": "emb", "encoder": "hashing", "field": "txt"}}``).
+    ``batch_size`` samples are decoded and tokenized together (None: 1 on CPU, 16 on
     CUDA, where log-mel runs as one batched STFT); results do not depend on it.
 
-    Raises ConfigError for unknown field sets or options (before any work), JobError when
-    a field set already exists with another config (pass ``overwrite=True``).
+    >>> TokenizeConfig(field_sets={"mel": {"n_mels": 80}}).effective_batch_size
+    1
+    >>> TokenizeConfig(field_sets={"mel": {}}, batch_size=0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    mmshard.errors.ConfigError: batch_size must be an int >= 1 ... got 0
     """
-    if not field_sets:
-        raise ConfigError(f"no field sets given; known: {', '.join(FIELD_SETS.names())}")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda"):
+
+    field_sets: Mapping[str, Mapping[str, Any]]
+    device: str = "cpu"
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.field_sets:
+            raise ConfigError(f"no field sets given; known: {', '.join(FIELD_SETS.names())}")
+        fs = {str(n): dict(o or {}) for n, o in dict(self.field_sets).items()}
+        for n, o in fs.items():
+            FIELD_SETS.get(o.get("kind", n))  # unknown names fail, listing known ones
+        object.__setattr__(self, "field_sets", fs)
+        if not isinstance(self.device, str) or (
+                self.device != "cpu" and not self.device.startswith("cuda")):
+            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        b = self.batch_size
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ConfigError(f"batch_size must be an int >= 1 (or None for the device "
+                              f"default), got {b!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or (1 if self.device == "cpu" else 16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field_sets": {n: dict(o) for n, o in self.field_sets.items()},
+                "device": self.device, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TokenizeConfig:
+        from ..._registry import config_from_dict
+
+        return config_from_dict(cls, dict(data))
+
+
+def _manifest_keys(ds: Dataset) -> dict[str, list[str]]:
+    """Base shard name -> its keys in the base manifest ({} without a manifest)."""
+    try:
+        table = ds.read_table("manifest")
+    except Exception:  # noqa: BLE001 - a dataset without a manifest: keys unknown
+        return {}
+    out: dict[str, list[str]] = {}
+    for r in table.select(["key", "shard"]).to_pylist():
+        out.setdefault(r["shard"], []).append(r["key"])
+    return out
+
+
+def _done(storage: Storage, field_set: str, shard: str) -> bool:
+    """A shard is done for a field set when its part record exists and is not lost."""
+    rel = part_name(shard, f"{_work(field_set)}/parts")
+    if not storage.exists(rel):
+        return False
+    return not json.loads(storage.read_bytes(rel)).get("lost")
+
+
+def tokenize(dataset: str, config: TokenizeConfig | Mapping[str, Mapping[str, Any]], *,
+             executor: Executor | None = None, overwrite: bool = False,
+             progress: bool = False, storage_options: dict | None = None,
+             device: str | None = None, batch_size: int | None = None) -> TransformResult:
+    """Write the sidecar field sets of ``config`` for every shard of ``dataset``.
+
+    ``config`` is a :class:`TokenizeConfig`, or (shorthand) its ``field_sets`` mapping
+    with ``device``/``batch_size`` as keywords.  Returns per-field-set stats.  Raises
+    ConfigError for unknown field sets or options (before any work), JobError when a
+    field set already exists with another config (pass ``overwrite=True``).
+
+    >>> tokenize("out/", TokenizeConfig(field_sets={"mel": {"n_mels": 80}}),
+    ...          executor=make_executor("local"))                # doctest: +SKIP
+    """
+    if isinstance(config, TokenizeConfig):
+        if device is not None or batch_size is not None:
+            raise ConfigError("give device/batch_size in the TokenizeConfig, not as keywords")
+        cfg = config
+    else:
+        cfg = TokenizeConfig(field_sets=config, device=device or "cpu", batch_size=batch_size)
+    if cfg.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda asked but torch sees no CUDA device")
-    batch_size = batch_size or (1 if device == "cpu" else 16)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    batch = cfg.effective_batch_size
     ds = open_dataset(dataset, storage_options)
     specs: dict[str, tuple[tuple[str, Any], ...]] = {}
     provenance: dict[str, dict[str, Any]] = {}
     outputs: dict[str, tuple[str, ...]] = {}
-    for name, opts in field_sets.items():
-        FIELD_SETS.get(dict(opts).get("kind", name))  # unknown names fail, listing known ones
-        fs = build_field_set(name, opts, device)  # bad options fail before any work
+    for name, opts in cfg.field_sets.items():
+        fs = build_field_set(name, opts, cfg.device)  # bad options fail before any work
         specs[name] = tuple(sorted(dict(opts).items()))
         provenance[name] = fs.provenance
         outputs[name] = fs.outputs
@@ -210,24 +334,21 @@ def tokenize(dataset: str, field_sets: Mapping[str, Mapping[str, Any]], *,
     executor = executor or make_executor("ray")
     t0 = time.perf_counter()
     try:
+        keys = _manifest_keys(ds)
         tasks = []
         for sh in ds.index.shards:
-            shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
-            todo = tuple((n, specs[n]) for n in specs
-                         if not storage.exists(f"{_work(n)}/parts/{shard}.json"))
+            shard = _shard_name(sh)
+            todo = tuple((n, specs[n]) for n in specs if not _done(storage, n, shard))
             if todo:
                 tasks.append(TransformTask(root=storage.root, storage_options=storage
                                            .storage_options, shard=sh, field_sets=todo,
-                                           device=device, batch_size=batch_size))
-        from tqdm import tqdm
-
-        with tqdm(total=len(ds.index.shards), initial=len(ds.index.shards) - len(tasks),
-                  unit="shard", disable=not progress, desc="tokenize") as bar:
-            for i, res in executor.imap_unordered(run_transform_task, tasks):
-                if isinstance(res, TaskLost):
-                    raise JobError(f"tokenize task for {tasks[i].shard.url} died on every "
-                                   f"attempt: {res.cause}; rerun to resume")
-                bar.update(1)
+                                           device=cfg.device, batch_size=batch,
+                                           keys=tuple(keys.get(shard, ()))))
+        n_shards = len(ds.index.shards)
+        for _ in run_tasks(executor, run_transform_task, tasks, on_lost=_write_lost_parts,
+                           progress=progress, desc="tokenize", total=n_shards,
+                           initial=n_shards - len(tasks)):
+            pass
     finally:
         if own:
             executor.close()
@@ -237,7 +358,7 @@ def tokenize(dataset: str, field_sets: Mapping[str, Mapping[str, Any]], *,
         storage.remove_temporaries(f"{_work(n)}/parts")
     stats = {n: _commit(ds, n, provenance[n], dict(specs[n]), outputs[n], seconds)
              for n in specs}
-    return TransformResult(root=storage.root, stats=stats)
+    return TransformResult(out=storage.root, stats=stats)
 
 
 def _prepare(storage: Storage, name: str, job: dict[str, Any], overwrite: bool) -> None:
@@ -262,14 +383,15 @@ def _commit(ds: Dataset, name: str, provenance: dict[str, Any], options: dict[st
     with ParquetSink(storage, f"{name}/ledger.parquet", _ledger_schema()) as ledger:
         for sh in ds.index.shards:  # one streaming pass over the part records
             shard = sh.url.rsplit("/", 1)[-1].removesuffix(".tar")
-            p = json.loads(storage.read_bytes(f"{_work(name)}/parts/{shard}.json"))
+            p = json.loads(storage.read_bytes(part_name(shard, f"{_work(name)}/parts")))
             ledger.write(p["ledger"])
             status.update(r["status"] for r in p["ledger"])
             failures.update(p["failures"])
             shards.append(ShardInfo(url=p["url"], split=p["split"], nsamples=p["nsamples"],
                                     filesize=p["filesize"], sha256=p["sha256"],
                                     failed=sum(p["failures"].values()),
-                                    failures=p["failures"]))
+                                    failures=p["failures"],
+                                    base_sha256=p.get("base_sha256") or sh.sha256))
             per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
                               "seconds": p["seconds"]})
     idx = DatasetIndex(name=f"{ds.index.name}/{name}", shards=tuple(shards), field_set=name,
