@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from .resize import CenterCrop, Longest, NoResize, PadToMultiple, Resize, Shortest
 
 __all__ = ["RESIZE_POLICIES", "ImageOptions", "ProcessedMedia", "process_image", "target_size"]
 
@@ -84,6 +85,17 @@ class ImageOptions:
     def reencodes(self) -> bool:
         return self.resize != "none" or self.format != "keep"
 
+    def resize_policy(self) -> Resize:
+        """The :mod:`mmshard.media.resize` policy this CLI-level choice stands for
+        (Lanczos with PIL's two-step ``reducing_gap=3``, the ingest filter)."""
+        common = {"upscale": self.upscale, "resample": "lanczos", "reducing_gap": 3.0}
+        if self.resize == "none":
+            return NoResize()
+        if self.resize == "pad_multiple":
+            return PadToMultiple(patch=self.patch, size=self.size, **common)
+        cls = {"shortest": Shortest, "longest": Longest, "center_crop": CenterCrop}[self.resize]
+        return cls(size=self.size, **common)
+
 
 @dataclass(frozen=True)
 class ProcessedMedia:
@@ -100,19 +112,8 @@ def target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
     >>> target_size(640, 480, ImageOptions(resize="longest", size=320))
     (320, 240)
     """
-    if opts.resize in ("none",):
-        return w, h
-    if opts.resize == "pad_multiple":
-        if opts.size <= 0:
-            return w, h
-        scale = opts.size / max(w, h)
-    elif opts.resize == "longest":
-        scale = opts.size / max(w, h)
-    else:  # shortest, center_crop
-        scale = opts.size / min(w, h)
-    if scale >= 1 and not opts.upscale:
-        return w, h
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    plan = opts.resize_policy().plan(h, w)
+    return plan.resize_width, plan.resize_height
 
 
 def _open(data: bytes, opts: ImageOptions):
@@ -178,7 +179,7 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedMedia:
     Raises DataError with reason ``empty_file``, ``not_an_image``, ``corrupt_image``,
     ``truncated``, ``too_many_pixels`` or ``too_small``.
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     im = _open(data, opts)
     fmt = _PIL_TO_FIELD.get(im.format or "", "")
@@ -211,7 +212,9 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedMedia:
         _load(im)
         return ProcessedMedia(fmt, data, facts)
 
-    tw, th = target_size(w, h, opts)
+    policy = opts.resize_policy()
+    plan = policy.plan(h, w)
+    tw, th = plan.resize_width, plan.resize_height
     if im.format == "JPEG" and opts.jpeg_draft and (tw < w or th < h):
         req = (th, tw) if rotated else (tw, th)
         im.draft("RGB", req)  # picks the largest DCT scale that stays >= req
@@ -225,20 +228,9 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedMedia:
     target_mode = "RGBA" if keep_alpha else "RGB"
     if im.mode != target_mode:
         im = im.convert(target_mode)
-    if im.size != (tw, th):
-        im = im.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    if opts.resize == "center_crop":
-        s = min(opts.size, tw, th)
-        left, top = (tw - s) // 2, (th - s) // 2
-        im = im.crop((left, top, left + s, top + s))
-    elif opts.resize == "pad_multiple":
-        p = opts.patch
-        pw, ph = -(-im.width // p) * p, -(-im.height // p) * p
-        if (pw, ph) != im.size:
-            canvas = Image.new(target_mode, (pw, ph))
-            canvas.paste(im, (0, 0))
-            facts["valid_width"], facts["valid_height"] = im.size
-            im = canvas
+    im = policy.apply_pil(im, plan)  # (draft mode may hold a smaller decode: it resizes)
+    if plan.padding_pixels:
+        facts["valid_width"], facts["valid_height"] = plan.width, plan.height
     buf = io.BytesIO()
     pil_fmt = _FIELD_TO_PIL[out_field]
     if pil_fmt == "JPEG":
