@@ -46,6 +46,7 @@ __all__ = [
     "PlannedBatch",
     "SampleMeta",
     "equalize_batches",
+    "group_batches",
 ]
 
 BATCHINGS: Registry[type] = Registry("batching")
@@ -199,68 +200,112 @@ class BucketBatching:
 @BATCHINGS.register("group")
 @dataclass(frozen=True, kw_only=True)
 class GroupAwareBatching:
-    """Batches in which no two samples share a group (video id, speaker, source ...).
+    """Batches in which no two samples share a group (video id, speaker, source ...),
+    in the fewest batches possible: ``max(ceil(n / batch_size), largest group)``.
 
-    A sample whose group is already in the open batch waits in a deferral queue and
-    goes into the next batch that has room for it, so order changes only locally.
-    Samples with no group (-1) never collide.  At the end of the epoch, deferred samples
-    that can only collide form short batches (dropped with ``drop_last``).
+    Batches are filled in stream order; a sample whose group is already in the open
+    batch waits and goes into the next batch with room for it.  So that a large group
+    does not end the epoch as a run of one-sample batches, a group with as many
+    samples left as batches left puts its next sample into every batch (pulled forward
+    from later in the stream).  Samples with no group (-1) never collide.  With
+    ``drop_last``, short batches are dropped.  ``spread_groups``: the loader deals
+    each group's samples round-robin over the ranks (at most ``ceil(G / world_size)``
+    per rank), so batches stay full on every rank.
+
+    >>> g = np.array([0, 0, 0, 1, 2, 3])
+    >>> plan = GroupAwareBatching().plan(np.arange(6), np.zeros(6, bool), batch_size=2,
+    ...     drop_last=False, meta=SampleMeta(num_samples=6, groups=g),
+    ...     rng=np.random.default_rng(0), epoch=0)
+    >>> [b.ids.tolist() for b in plan]
+    [[0, 3], [1, 4], [2, 5]]
     """
 
     equal_counts: bool = field(default=False, init=False, repr=False)
+    spread_groups: bool = field(default=True, init=False, repr=False)
 
     def plan(self, ids: np.ndarray, pad: np.ndarray, *, batch_size: int, drop_last: bool,
              meta: SampleMeta, rng: np.random.Generator, epoch: int) -> list[PlannedBatch]:
         if meta.groups is None:
             raise ConfigError("GroupAwareBatching needs group ids from manifest.parquet; "
                               "this source has none")
-        groups = meta.groups[ids].tolist()
-        out: list[PlannedBatch] = []
-        batch: list[int] = []
-        used: set[int] = set()
-        waiting: deque[int] = deque()
-
-        def emit() -> None:
-            pos = np.asarray(batch, dtype=np.int64)
-            out.append(PlannedBatch(ids=ids[pos], pad=pad[pos]))
-            batch.clear()
-            used.clear()
-
-        def take(i: int) -> bool:
-            g = groups[i]
-            if g >= 0 and g in used:
-                return False
-            batch.append(i)
-            if g >= 0:
-                used.add(g)
-            return True
-
-        def drain_waiting() -> None:
-            for _ in range(len(waiting)):
-                if len(batch) >= batch_size:
-                    break
-                i = waiting.popleft()
-                if not take(i):
-                    waiting.append(i)
-
-        for i in range(len(groups)):
-            drain_waiting()
-            if not take(i):
-                waiting.append(i)
-            if len(batch) == batch_size:
-                emit()
-        while waiting:
-            drain_waiting()  # used only grows while draining: what did not fit cannot
-            if len(batch) == batch_size or waiting:
-                emit()
-        if batch:
-            if drop_last and len(batch) < batch_size:
-                batch.clear()
-            else:
-                emit()
+        out = [PlannedBatch(ids=ids[pos], pad=pad[pos])
+               for pos in group_batches(meta.groups[ids], batch_size)]
         if drop_last:
             out = [b for b in out if len(b) == batch_size]
         return out
+
+
+def group_batches(groups: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Positions of ``groups`` cut into ``max(ceil(n / batch_size), largest group)``
+    batches, no group twice in a batch, each batch in stream order.
+
+    Invariant kept batch after batch (so the count is reached): every group has at
+    most as many samples left as there are batches left (groups at the limit are
+    served first), and the samples left fit in the batches left.
+    """
+    import heapq
+
+    g = np.asarray(groups, dtype=np.int64).tolist()
+    n = len(g)
+    members: dict[int, deque[int]] = {}
+    for i, x in enumerate(g):
+        if x >= 0:
+            members.setdefault(x, deque()).append(i)
+    largest = max((len(m) for m in members.values()), default=0)
+    left = max(-(-n // batch_size), largest)
+    heap = [(-len(m), m[0], x) for x, m in members.items()]
+    heapq.heapify(heap)
+    taken = [False] * n
+    waiting: deque[int] = deque()
+    nxt = 0
+    out: list[np.ndarray] = []
+
+    def take(i: int, batch: list[int], used: set[int]) -> None:
+        taken[i] = True
+        batch.append(i)
+        x = g[i]
+        if x >= 0:
+            used.add(x)
+            m = members[x]
+            m.popleft()  # a group's samples are always taken front first
+            if m:
+                heapq.heappush(heap, (-len(m), m[0], x))
+
+    while left > 0 and (nxt < n or waiting or heap):
+        batch: list[int] = []
+        used: set[int] = set()
+        urgent = []
+        while heap and -heap[0][0] >= left:
+            cnt, _, x = heapq.heappop(heap)
+            if members[x] and -cnt == len(members[x]):  # else a stale entry
+                urgent.append(x)
+        for x in urgent:
+            take(members[x][0], batch, used)
+        for _ in range(len(waiting)):
+            if len(batch) >= batch_size:
+                break
+            i = waiting.popleft()
+            if taken[i]:
+                continue
+            if g[i] >= 0 and g[i] in used:
+                waiting.append(i)
+            else:
+                take(i, batch, used)
+        while len(batch) < batch_size and nxt < n:
+            i = nxt
+            nxt += 1
+            if taken[i]:
+                continue
+            if g[i] >= 0 and g[i] in used:
+                waiting.append(i)
+            else:
+                take(i, batch, used)
+        if batch:
+            out.append(np.asarray(sorted(batch), dtype=np.int64))
+        left -= 1
+    if not all(taken):  # pragma: no cover - the invariant above rules this out
+        raise ConfigError("group batching left samples unplanned (internal error)")
+    return out
 
 
 @runtime_checkable

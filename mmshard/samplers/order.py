@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["PAD_POLICIES", "EpochOrder", "buffered_shuffle", "make_rng", "shard_permutation"]
+__all__ = ["PAD_POLICIES", "EpochOrder", "buffered_shuffle", "group_partition", "make_rng",
+           "shard_permutation"]
 
 PAD_POLICIES = ("wrap", "drop")
 _MASK64 = (1 << 64) - 1
@@ -88,6 +89,33 @@ def buffered_shuffle(n: int, *, buffer_size: int | None, rng: np.random.Generato
     return out
 
 
+def group_partition(groups: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """Positions ``0 .. len(groups) - 1`` split into ``world_size`` equal parts so that
+    every group is spread evenly: each rank holds at most ``ceil(G / world_size)`` of a
+    group of ``G``.  Groups are dealt in order of first appearance, members in order;
+    samples without a group (-1) count as their own group.  Each part keeps the
+    original order.  ``len(groups)`` must be a multiple of ``world_size``.
+
+    >>> [p.tolist() for p in group_partition(np.array([0, 0, 0, 0, 1, -1]), 2)]
+    [[0, 2, 4], [1, 3, 5]]
+    """
+    g = np.asarray(groups, dtype=np.int64)
+    n = g.size
+    if n % world_size:
+        raise ConfigError(f"{n} positions do not split into {world_size} equal parts")
+    pos = np.arange(n, dtype=np.int64)
+    # the group's first position is its rank in dealing order; -1 is its own group
+    code = np.where(g >= 0, g - g.min(initial=0), -1)
+    first = np.full(max(int(code.max(initial=-1)) + 1, 1), n, dtype=np.int64)
+    grouped = code >= 0
+    np.minimum.at(first, code[grouped], pos[grouped])
+    lead = np.where(grouped, first[np.where(grouped, code, 0)], pos)
+    dealt = np.lexsort((pos, lead))
+    owner = np.empty(n, dtype=np.int64)
+    owner[dealt] = np.arange(n) % world_size
+    return [np.flatnonzero(owner == r) for r in range(world_size)]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpochOrder:
     """How one rank's samples are chosen and ordered each epoch.
@@ -141,16 +169,23 @@ class EpochOrder:
 
     def rank_order(self, counts: Sequence[int], *, epoch: int, rank: int, world_size: int,
                    exclude: Iterable[int] | np.ndarray | None = None,
-                   salt: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+                   salt: Sequence[int] = (), keep: np.ndarray | None = None,
+                   groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, pad)`` for one rank: the same length on every rank.
 
-        ``exclude`` removes ids already consumed (elastic resume); ``pad[i]`` is True
-        where ``ids[i]`` repeats a sample only to even out the ranks.
+        ``exclude`` removes ids already consumed (elastic resume); ``keep`` (bool per
+        id) removes filtered-out samples before anything else, so the epoch is planned
+        as if they did not exist; ``pad[i]`` is True where ``ids[i]`` repeats a sample
+        only to even out the ranks.  With ``groups`` (int code per id, -1 = none) the
+        partition deals each group's samples round-robin over the ranks (see
+        :func:`group_partition`) instead of cutting contiguous slices.
         """
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, "
                               f"world_size={world_size}")
         order = self.global_order(counts, epoch=epoch, salt=salt)
+        if keep is not None:
+            order = order[np.asarray(keep, dtype=bool)[order]]
         if exclude is not None:
             ex = np.fromiter(exclude, dtype=np.int64) if not isinstance(exclude, np.ndarray) \
                 else exclude.astype(np.int64)
@@ -160,8 +195,12 @@ class EpochOrder:
         padded = np.resize(order, n * world_size)  # np.resize repeats cyclically
         pad = np.zeros(n * world_size, dtype=bool)
         pad[order.size:] = True
-        ids = padded[rank * n:(rank + 1) * n]
-        pad = pad[rank * n:(rank + 1) * n]
+        if groups is not None:
+            pos = group_partition(np.asarray(groups)[padded], world_size)[rank]
+        else:
+            pos = np.arange(rank * n, (rank + 1) * n)
+        ids = padded[pos]
+        pad = pad[pos]
         if self.shuffle:
             perm = buffered_shuffle(n, buffer_size=self.shuffle_buffer,
                                     rng=make_rng(self.seed, 0x0BDE, epoch, rank, *salt))

@@ -49,28 +49,45 @@ class EpochPlanner:
     batch_size: int
     drop_last: bool
     mixing: Mixing | None = None
+    keep: Sequence[np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         self.bases = np.cumsum([0] + [sum(c) for c in self.counts])[:-1].astype(np.int64)
         if len(self.counts) > 1 and self.mixing is None:
             raise ConfigError("several datasets need a Mixing (weights)")
+        if self.keep is None:
+            self.keep = [None] * len(self.counts)
         self._cache: dict[tuple, list] = {}
+
+    def kept(self, d: int) -> int:
+        """Samples of dataset ``d`` left after the filter."""
+        k = self.keep[d]  # type: ignore[index]
+        return sum(self.counts[d]) if k is None else int(np.count_nonzero(k))
+
+    def _groups(self, d: int) -> np.ndarray | None:
+        if not getattr(self.batching, "spread_groups", False) or self.meta.groups is None:
+            return None
+        n = sum(self.counts[d])
+        return self.meta.groups[self.bases[d]:self.bases[d] + n]
 
     def _stream(self, *, epoch: int, rank: int, world_size: int, exclude: np.ndarray | None,
                 salt: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         if self.mixing is None:
             return self.order.rank_order(self.counts[0], epoch=epoch, rank=rank,
-                                         world_size=world_size, exclude=exclude, salt=salt)
+                                         world_size=world_size, exclude=exclude, salt=salt,
+                                         keep=self.keep[0], groups=self._groups(0))
         if exclude is not None and exclude.size:
             raise ConfigError("changing world_size mid-epoch is not supported with mixing: "
                               "resume at an epoch boundary")
 
         def stream(d: int, cycle: int) -> tuple[np.ndarray, np.ndarray]:
             ids, pad = self.order.rank_order(self.counts[d], epoch=epoch, rank=rank,
-                                             world_size=world_size, salt=(d + 1, cycle, *salt))
+                                             world_size=world_size, salt=(d + 1, cycle, *salt),
+                                             keep=self.keep[d], groups=self._groups(d))
             return ids + self.bases[d], pad
 
-        per_rank = [self.order.per_rank(sum(c), world_size) for c in self.counts]
+        per_rank = [self.order.per_rank(self.kept(d), world_size)
+                    for d in range(len(self.counts))]
         ids, pad, _ = mix_streams(self.mixing, stream, per_rank, seed=self.order.seed,
                                   epoch=epoch, rank=rank, batch_size=self.batch_size)
         return ids, pad
