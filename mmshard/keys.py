@@ -4,8 +4,17 @@ Keys come from a source's identity (its path relative to the source root, or a m
 key column), never from randomness or time, and match ``[A-Za-z0-9_-]+`` so they are
 safe as tar member stems and never contain the dot WebDataset splits on.
 
+A path key is a readable slug (``/`` -> ``__``).  When the slug is lossy (characters
+outside ``[A-Za-z0-9_-]``, unicode, dots in folders, ``__`` inside a name, empty or
+``..`` parts, too long) it gets ``___`` plus a hash of the full identity, so distinct
+identities never share a key: a lossless slug never contains ``___``.
+
+>>> path_key("cats/tabby_01")
+'cats__tabby_01'
 >>> path_key("cats/Tabby cat.01")
-'cats__Tabby_cat_01'
+'cats__Tabby_cat_01___k8a06c44a8e93ecf8'
+>>> path_key("猫") != path_key("狗")
+True
 >>> len(path_key("x" * 300)) <= MAX_KEY_LEN
 True
 >>> hash_key("s3://bucket/a.jpg")
@@ -24,6 +33,7 @@ __all__ = [
     "MAX_KEY_LEN",
     "TEXT_SIDECARS",
     "VIDEO_EXTS",
+    "disambiguate_key",
     "hash_key",
     "media_field",
     "modality_of",
@@ -41,6 +51,7 @@ TEXT_SIDECARS = {"txt", "json", "cls"}
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_CLEAN_PART = re.compile(r"^[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*$")  # no "__", no edge "_"
 
 
 def media_field(ext: str) -> str | None:
@@ -65,11 +76,19 @@ def hash_key(identity: str) -> str:
     return "k" + hashlib.sha1(identity.encode("utf-8")).hexdigest()[:16]
 
 
+def disambiguate_key(slug: str, identity: str) -> str:
+    """``slug`` (cut to fit) + ``___`` + a hash of ``identity``: a key no lossless slug
+    can equal, distinct for distinct identities."""
+    h = hash_key(identity)
+    head = slug[: MAX_KEY_LEN - len(h) - 3].strip("_")
+    return f"{head}___{h}" if head else f"___{h}"
+
+
 def path_key(identity: str) -> str:
     """A readable key from a relative path stem: ``/`` -> ``__``, other characters
-    outside ``[A-Za-z0-9_-]`` -> ``_``; long ones keep a prefix plus a hash."""
-    parts = [p for p in identity.replace("\\", "/").split("/") if p not in ("", ".")]
-    key = "__".join(_BAD.sub("_", p) for p in parts) or "_"
-    if len(key) > MAX_KEY_LEN:
-        key = key[: MAX_KEY_LEN - 18] + "_" + hash_key(identity)
-    return key
+    outside ``[A-Za-z0-9_-]`` -> ``_``; a lossy or long slug gets a hash of the full
+    identity appended (see the module doc), so distinct identities get distinct keys."""
+    parts = identity.split("/")
+    slug = "__".join(_BAD.sub("_", p) for p in parts if p not in ("", "."))
+    lossless = all(_CLEAN_PART.match(p) for p in parts) and len(slug) <= MAX_KEY_LEN
+    return slug if lossless else disambiguate_key(slug, identity)

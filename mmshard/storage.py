@@ -16,19 +16,64 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO
 
-from .errors import JobError
+from .errors import DataError, JobError
 
-__all__ = ["Storage", "is_url", "open_input"]
+__all__ = ["LOCAL_SCHEMES", "Storage", "file_kind", "is_url", "local_path", "open_input",
+           "open_regular"]
+
+LOCAL_SCHEMES = ("file", "local")  # fsspec's names for the local disk
 
 
 def is_url(path: str) -> bool:
-    """True for ``scheme://`` paths other than ``file://``."""
-    return "://" in path and not path.startswith("file://")
+    """True for ``scheme://`` paths other than the local-disk ``file://`` and ``local://``."""
+    if "://" not in path:
+        return False
+    return path.split("://", 1)[0].lower() not in LOCAL_SCHEMES
+
+
+def local_path(path: str) -> str:
+    """``"file:///a/b"`` / ``"local:///a/b"`` -> ``"/a/b"``; other paths unchanged."""
+    scheme, sep, rest = path.partition("://")
+    return rest if sep and scheme.lower() in LOCAL_SCHEMES else path
+
+
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def file_kind(mode: int) -> str:
+    """``"regular file"``, ``"FIFO"``, ``"character device"`` ... for an ``st_mode``."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """Open a local file for reading only if it is a regular file.
+
+    The open never blocks (``O_NONBLOCK``: a FIFO swapped in after planning opens at once
+    instead of waiting for a writer) and the type is checked on the open descriptor
+    (``fstat``), so a FIFO, device, socket or directory raises
+    ``DataError("not_a_regular_file")`` and no byte of it is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError("not_a_regular_file",
+                            f"{path} is a {file_kind(mode)}, not a regular file; only regular "
+                            "files are read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _friendly_os_error(e: OSError, what: str) -> JobError:
@@ -47,7 +92,7 @@ class Storage:
         self.storage_options = dict(storage_options or {})
         self.local = not is_url(root)
         if self.local:
-            self.root = os.path.abspath(root.removeprefix("file://"))
+            self.root = os.path.abspath(local_path(root))
             self._fs = None
         else:
             import fsspec
@@ -183,9 +228,11 @@ def _silent_unlink(path: str) -> None:
 
 
 def open_input(uri: str, storage_options: dict | None = None) -> IO[bytes]:
-    """Open an input for reading: a local path, ``file://``, or any fsspec URL."""
+    """Open an input for reading: a local path, ``file://``, or any fsspec URL.
+
+    Local inputs must be regular files (see :func:`open_regular`)."""
     if not is_url(uri):
-        return open(uri.removeprefix("file://"), "rb")
+        return open_regular(local_path(uri))
     import fsspec
 
     return fsspec.open(uri, "rb", **(storage_options or {})).open()

@@ -37,6 +37,7 @@ FLAG_TO_CONFIG = {
     "caption_column": "sources.caption_column", "label_column": "sources.label_column",
     "group_column": "sources.group_column", "group_level": "sources.group_level",
     "group_regex": "sources.group_regex",
+    "follow_symlinks": "sources.follow_symlinks", "allow_schemes": "sources.allow_schemes",
     "image_resize": "image.resize", "image_size": "image.size", "image_patch": "image.patch",
     "image_format": "image.format", "image_quality": "image.quality",
     "min_image_size": "image.min_size", "max_pixels": "image.max_pixels",
@@ -72,6 +73,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("sources")
     s.add_argument("--root", help="manifest paths resolve under (and may not escape) this "
                                   "folder; default: the manifest's folder")
+    s.add_argument("--follow-symlinks", action="store_const", const=True,
+                   help="read symbolic links that stay inside the source root (default: "
+                        "links are unsafe_path ledger rows)")
+    s.add_argument("--allow-schemes", type=lambda v: [x.strip() for x in v.split(",")
+                                                      if x.strip()],
+                   help="remote URL schemes manifest rows may use (default: "
+                        "http,https,s3,gs,az); file:// and local:// always obey --root")
     s.add_argument("--key-column", help="manifest column with unique sample keys")
     s.add_argument("--key-scheme", choices=("path", "hash"),
                    help="keys from relative paths (default) or their hash")

@@ -7,9 +7,13 @@ CSV/TSV/JSONL/Parquet manifests, glob patterns, single files, and fsspec URLs (`
 file sizes; media bytes are read by the shard tasks.
 
 Each :class:`InputItem` knows its key, media ``(field, uri)`` pairs, caption, label,
-group and metadata.  Rows that can be rejected without reading (a manifest path that
-escapes ``root``, a missing local file) carry a planned ``error`` and still end as a
-ledger row.
+group and metadata.  Rows that can be rejected without reading carry a planned ``error``
+and still end as a ledger row: a path (media or sidecar, tree or manifest) whose real
+path leaves its source root, a symbolic link unless ``follow_symlinks`` (and then only
+links that stay inside the root), a URL whose scheme is not in ``allow_schemes``
+(``unsafe_path``); a FIFO, device, socket or directory where a file was expected
+(``not_a_regular_file``); a missing local file (``missing_file``).  ``file://`` and
+``local://`` rows are local paths and obey the root like any other.  See docs/security.md.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import json
 import os
 import posixpath
 import re
+import stat
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import ConfigError, SourceError
-from ...keys import KEY_RE, TEXT_SIDECARS, hash_key, media_field, path_key
-from ...storage import is_url
+from ...keys import KEY_RE, TEXT_SIDECARS, disambiguate_key, hash_key, media_field, path_key
+from ...storage import LOCAL_SCHEMES, file_kind, is_url, local_path
 
 __all__ = ["InputItem", "SourceOptions", "collect_inputs"]
 
@@ -35,6 +40,8 @@ DEFAULT_PATH_COLUMNS = ("path", "url", "file", "filepath", "image", "audio", "vi
                         "image_path", "audio_path", "video_path", "media")
 DEFAULT_CAPTION_COLUMNS = ("caption", "text", "txt")
 DEFAULT_LABEL_COLUMNS = ("label", "cls")
+DEFAULT_SCHEMES = ("http", "https", "s3", "gs", "az")
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,10 +57,22 @@ class SourceOptions:
     group_column: str | None = None
     group_level: int | None = None
     group_regex: str | None = None
+    follow_symlinks: bool = False
+    allow_schemes: tuple[str, ...] = DEFAULT_SCHEMES
 
     def __post_init__(self) -> None:
         if self.key_scheme not in ("path", "hash"):
             raise ConfigError(f"key_scheme {self.key_scheme!r} unknown; allowed: path, hash")
+        if isinstance(self.allow_schemes, str):
+            object.__setattr__(self, "allow_schemes", tuple(
+                x.strip() for x in self.allow_schemes.split(",") if x.strip()))
+        schemes = tuple(str(x).lower() for x in self.allow_schemes)
+        bad = [x for x in schemes if not _SCHEME_RE.match(x) or x in LOCAL_SCHEMES]
+        if bad:
+            raise ConfigError(f"allow_schemes {bad} invalid: give remote URL schemes such as "
+                              f"{', '.join(DEFAULT_SCHEMES)} (file:// and local:// are local "
+                              "paths and always obey --root)")
+        object.__setattr__(self, "allow_schemes", schemes)
         given = [n for n, v in (("group_column", self.group_column),
                                 ("group_level", self.group_level),
                                 ("group_regex", self.group_regex)) if v is not None]
@@ -79,6 +98,7 @@ class InputItem:
     sidecars: tuple[tuple[str, str], ...] = ()
     caption: str | None = None
     label: str | None = None
+    label_id: int | None = None  # set at plan time from the label vocabulary (labels.py)
     group: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     size: int = 0
@@ -133,7 +153,7 @@ def _list_files(src: str) -> tuple[str, list[tuple[str, int]]]:
     if any(c in src for c in "*?["):
         root = src.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
         root = root if root.endswith("/") else os.path.dirname(root)
-        paths = sorted(p for p in globlib.glob(src, recursive=True) if os.path.isfile(p))
+        paths = sorted(p for p in globlib.glob(src, recursive=True) if not os.path.isdir(p))
         if not paths:
             raise SourceError(f"glob {src!r} matched no files")
         return os.path.abspath(root or "."), [(os.path.abspath(p), _size(p)) for p in paths]
@@ -141,20 +161,56 @@ def _list_files(src: str) -> tuple[str, list[tuple[str, int]]]:
         files = []
         for d, dirs, names in os.walk(src):
             dirs.sort()
-            for n in sorted(names):
+            for n in sorted(names):  # FIFOs, sockets, links too: checked by _tree_items
                 p = os.path.join(d, n)
-                if os.path.isfile(p) or os.path.islink(p):
-                    files.append((os.path.abspath(p), _size(p)))
+                files.append((os.path.abspath(p), _size(p)))
         return os.path.abspath(src), files
-    if os.path.isfile(src):
-        p = os.path.abspath(src)
+    if os.path.lexists(src):  # one file named on the command line: trusted, links resolved
+        p = os.path.realpath(src)
         return os.path.dirname(p), [(p, _size(p))]
     raise SourceError(f"source {src!r} does not exist (not a file, folder, glob or URL)")
 
 
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or os.path.commonpath([real, real_root]) == real_root
+
+
+def check_local_path(path: str, root: str, follow_symlinks: bool) -> tuple[str, str] | None:
+    """None when ``path`` may be read as an input of the source rooted at ``root``; else
+    the planned ``(reason, detail)``: ``unsafe_path`` (its real path leaves the root, or it
+    goes through a symbolic link and ``follow_symlinks`` is off), ``missing_file``, or
+    ``not_a_regular_file`` (FIFO, device, socket, directory).  Nothing is opened."""
+    path = os.path.abspath(path)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if not _inside(real, real_root):
+        return ("unsafe_path", f"{path} resolves to {real}, outside the source root {root}")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ("missing_file", f"{path} does not exist")
+    except OSError as e:
+        return ("read_error", f"cannot stat {path}: {e}")
+    plain = os.path.normpath(os.path.join(real_root, os.path.relpath(path, os.path.abspath(root))))
+    if real != plain:  # some component of the path is a symbolic link
+        if not follow_symlinks:
+            return ("unsafe_path", f"{path} is or goes through a symbolic link (to {real}); "
+                                   "pass --follow-symlinks to allow links that stay inside "
+                                   "the source root")
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return ("missing_file", f"{path} is a broken link: {e}")
+    if not stat.S_ISREG(st.st_mode):
+        return ("not_a_regular_file", f"{path} is a {file_kind(st.st_mode)}, not a regular "
+                                      "file; only regular files are read")
+    return None
+
+
 def _size(p: str) -> int:
     try:
-        return os.stat(p).st_size
+        st = os.stat(p)
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
     except OSError:
         return 0
 
@@ -182,6 +238,11 @@ def _tree_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[Input
         media = [(media_field(e), p) for e, (p, _) in exts.items() if media_field(e)]
         side = [(e, p) for e, (p, _) in exts.items() if e in TEXT_SIDECARS]
         other = [p for e, (p, _) in exts.items() if not media_field(e) and e not in TEXT_SIDECARS]
+        error = None
+        if media and not is_url(root):  # media first, then sidecars: the first problem wins
+            error = next(filter(None, (check_local_path(p, root, opts.follow_symlinks)
+                                       for p in sorted(p for _, p in media) +
+                                       sorted(p for _, p in side))), None)
         ignored.extend(other)
         if not media:
             ignored.extend(p for _, p in side)
@@ -200,7 +261,7 @@ def _tree_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[Input
             key=key, source=(root + "/" + ident) if is_url(root) else os.path.join(root, ident),
             media=tuple(sorted(media)), sidecars=tuple(sorted(side)),
             group=_group_for(ident, key, opts),
-            size=sum(s for _, s in exts.values()),
+            size=0 if error else sum(s for _, s in exts.values()), error=error,
         ))
     return items
 
@@ -241,19 +302,25 @@ def _pick(columns: list[str], explicit: str | None, defaults: tuple[str, ...], w
     return next((c for c in defaults if c in columns), None)
 
 
-def _resolve(path: str, root: str) -> tuple[str, tuple[str, str] | None]:
-    """Absolute path for a manifest entry, or a planned error when it escapes root."""
+def _scheme_error(path: str, opts: SourceOptions) -> tuple[str, str] | None:
+    """A planned error for a remote URL row whose scheme is not allowed (or chained)."""
+    if "::" in path:
+        return ("unsafe_path", f"{path!r} is a chained fsspec URL; manifests may name plain "
+                               "URLs only")
+    scheme = path.split("://", 1)[0].lower()
+    if scheme not in opts.allow_schemes:
+        return ("unsafe_path", f"URL scheme {scheme!r} of {path!r} is not allowed; allowed: "
+                               f"{', '.join(opts.allow_schemes)} (add it with --allow-schemes)")
+    return None
+
+
+def _resolve(path: str, root: str, opts: SourceOptions) -> tuple[str, tuple[str, str] | None]:
+    """Absolute path for a manifest entry, or a planned error (see the module doc)."""
     if is_url(path):
-        return path, None
-    path = path.removeprefix("file://")
+        return path, _scheme_error(path, opts)
+    path = local_path(path)  # file:// and local:// rows are local paths under the root too
     full = os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(full)
-    if os.path.commonpath([real, real_root]) != real_root:
-        return full, ("unsafe_path", f"{path!r} resolves outside root {root!r}")
-    if not os.path.lexists(full):
-        return full, ("missing_file", f"{full} does not exist")
-    return full, None
+    return full, check_local_path(full, root, opts.follow_symlinks)
 
 
 def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
@@ -291,7 +358,7 @@ def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
             if p is None or str(p) == "":
                 continue
             p = str(p)
-            full, err = (urljoin_root(p, root) if is_url(root) else _resolve(p, root))
+            full, err = (urljoin_root(p, root, opts) if is_url(root) else _resolve(p, root, opts))
             error = error or err
             name = urlsplit(full).path if is_url(full) else full
             fld = media_field(_split_name(name.rsplit("/", 1)[-1])[1]) or "auto"
@@ -302,15 +369,16 @@ def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
                 size += _size(full)
             if ident is None:
                 ident = full if is_url(full) else os.path.relpath(full, root)
+        ident_stem = _stem_identity(ident) if media else None
         if not media:
             media, ident = [("auto", "")], f"{os.path.basename(src)}#row{i}"
+            ident_stem = ident  # no file name to take a stem of
             error = error or ("missing_path", f"row {i} of {src} has an empty path")
         if key_col:
             key = str(row[key_col])
             if not KEY_RE.match(key) or len(key) > 80:
                 bad_keys.append(key)
         else:
-            ident_stem = _stem_identity(ident)
             key = _keyify(ident_stem, opts.key_scheme)
         group = str(row[grp_col]) if grp_col and row.get(grp_col) is not None else \
             _group_for(ident or "", key, opts)
@@ -328,9 +396,14 @@ def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
     return items
 
 
-def urljoin_root(p: str, root: str) -> tuple[str, tuple[str, str] | None]:
+def urljoin_root(p: str, root: str, opts: SourceOptions
+                 ) -> tuple[str, tuple[str, str] | None]:
+    """A manifest row of a manifest at a URL: a URL, or a path joined to the URL root."""
     if is_url(p):
-        return p, None
+        return p, _scheme_error(p, opts)
+    if p != local_path(p):
+        return p, ("unsafe_path", f"{p!r} is a local file but the manifest root {root!r} is "
+                                  "remote")
     if p.startswith("/") or ".." in p.split("/"):
         return p, ("unsafe_path", f"{p!r} escapes the manifest root {root!r}")
     return posixpath.join(root, p), None
@@ -342,7 +415,30 @@ def _stem_identity(ident: str) -> str:
         stem = _split_name(u.path)[0] if "." in u.path.rsplit("/", 1)[-1] else u.path
         base = f"{u.netloc}{stem}"
         return base + (f"_{hash_key(u.query)}" if u.query else "")
-    return _split_name(ident)[0]
+    d, _, name = ident.rpartition("/")  # the stem of the file name, not of a folder
+    stem = _split_name(name)[0]
+    return f"{d}/{stem}" if d else stem
+
+
+def _separate_failed(items: list[InputItem]) -> list[InputItem]:
+    """Give inputs that already failed at plan time and share a key with another input a
+    key of their own (slug + hash of source and position among them), so a bad row
+    never blocks the job with a duplicate-key error; the order of ``items`` is stable."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        by_key[it.key].append(i)
+    out = list(items)
+    for key, idx in by_key.items():
+        if len(idx) < 2:
+            continue
+        failed = [i for i in idx if items[i].error]
+        if len(failed) == len(idx):
+            failed = failed[1:]  # the first keeps the key
+        for n, i in enumerate(failed):
+            it = items[i]
+            new = disambiguate_key(key, f"{it.source}#{n}")
+            out[i] = replace(it, key=new)
+    return out
 
 
 def _jsonable(v: Any) -> Any:
@@ -371,6 +467,7 @@ def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
             items.extend(_manifest_items(src, opts))
         else:
             items.extend(_tree_items(src, opts, ignored))
+    items = _separate_failed(items)
     items.sort(key=lambda it: it.key)
     dups = [(a, b) for a, b in zip(items, items[1:]) if a.key == b.key]
     if dups:
