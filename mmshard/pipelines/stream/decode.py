@@ -3,7 +3,8 @@
 :class:`DecodeConfig` says which fields become what:
 
 - images (``jpg png webp ...``) -> ``"image"``: (3, H, W) float32 in [0, 1] or uint8,
-  through a resize policy (:class:`FixedResize`, :class:`ShortestSideCrop`, or any
+  through a resize policy of :mod:`mmshard.media.resize` (:class:`FixedResize`,
+  :class:`ShortestSideCrop` = ``CenterCrop``, ``Longest``, ``MaxPatches`` ..., or any
   callable ``(PIL image, size_hint) -> PIL image``); with bucket batching the batch's
   bucket size is the hint;
 - audio (``flac wav mp3 ogg`` via soundfile, others via PyAV) -> ``"audio"``: mono
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._registry import Registry
 from ...errors import ConfigError, DataError, DependencyMissingError
+from ...media.resize import RESIZES, CenterCrop, FixedResize
 
 __all__ = [
     "RESIZE_POLICIES",
@@ -48,42 +49,13 @@ __all__ = [
     "decode_sample",
 ]
 
-RESIZE_POLICIES: Registry[type] = Registry("resize policy")
+RESIZE_POLICIES = RESIZES  # the one resize family (mmshard.media.resize)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif")
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac")
 VIDEO_FIELDS = ("mp4", "webm", "mkv", "mov", "avi")
 DTYPES = ("float32", "uint8")
-
-
-@RESIZE_POLICIES.register("fixed")
-@dataclass(frozen=True, kw_only=True)
-class FixedResize:
-    """Resize to ``size`` = (height, width), ignoring aspect ratio; a batch size hint
-    (buckets) wins when given."""
-
-    size: tuple[int, int] = (224, 224)
-
-    def __call__(self, img: Any, hint: tuple[int, int] | None) -> Any:
-        h, w = hint or self.size
-        return img.resize((w, h), _bicubic())
-
-
-@RESIZE_POLICIES.register("shortest_side_crop")
-@dataclass(frozen=True, kw_only=True)
-class ShortestSideCrop:
-    """Scale so the image covers the target, then centre-crop: (size, size), or the
-    batch's bucket (height, width) when there is one."""
-
-    size: int = 224
-
-    def __call__(self, img: Any, hint: tuple[int, int] | None) -> Any:
-        th, tw = hint or (self.size, self.size)
-        w, h = img.size
-        scale = max(tw / w, th / h)
-        nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
-        img = img.resize((nw, nh), _bicubic())
-        left, top = (nw - tw) // 2, (nh - th) // 2
-        return img.crop((left, top, left + tw, top + th))
+# ``ShortestSideCrop(size=224)``: cover (size, size) or the bucket's (h, w), centre-crop
+ShortestSideCrop = CenterCrop
 
 
 def _bicubic() -> Any:
