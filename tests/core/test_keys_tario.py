@@ -81,3 +81,78 @@ def test_iter_tar_reports_truncated_tar():
         w.write({"__key__": "a", "bin": b"x" * 5000})
     with pytest.raises(ShardError, match="truncated|corrupt|read"):
         list(iter_tar(io.BytesIO(buf.getvalue()[:2000])))
+
+
+# ------------------------------------------------- member names are untrusted (C3)
+def _raw_tar(names_data):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in names_data:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("bad", ["../../key.txt", "/etc/key.json", "dir/key.txt", "a..b.txt",
+                                 "k y.txt", "key.", ".txt", "notafield", "ké.txt"])
+def test_every_reader_refuses_hostile_member_names(bad):
+    from mmshard.tario import index_tar, split_member_name
+
+    data = _raw_tar([("key.txt", b"real caption"), ("key.jpg", b"j"), (bad, b"EVIL")])
+    with pytest.raises(ShardError, match="refused") as e:
+        list(iter_tar(io.BytesIO(data), url="s/train-000000.tar"))
+    assert "train-000000.tar" in str(e.value) and repr(bad) in str(e.value)
+    with pytest.raises(ShardError, match="train-000000.*refused"):
+        index_tar(io.BytesIO(data), "s/train-000000.tar")
+    with pytest.raises(ShardError, match="refused"):
+        split_member_name(bad)
+
+
+def test_repeated_member_or_split_key_is_refused_not_silently_replaced():
+    from mmshard.tario import index_tar
+
+    twice = _raw_tar([("key.txt", b"real"), ("key.txt", b"EVIL")])
+    apart = _raw_tar([("a.txt", b"1"), ("b.txt", b"2"), ("a.jpg", b"3")])
+    for data, what in ((twice, "appears twice in shard"), (apart, "appears twice, apart")):
+        with pytest.raises(ShardError, match=what):
+            list(iter_tar(io.BytesIO(data), url="x.tar"))
+        with pytest.raises(ShardError, match=what):
+            index_tar(io.BytesIO(data), "x.tar")
+
+
+def test_links_and_directories_in_a_tar_are_skipped_never_followed():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        link = tarfile.TarInfo("a.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(link)
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"j"))
+    assert [sorted(s) for s in iter_tar(io.BytesIO(buf.getvalue()))] == [
+        ["__key__", "__url__", "jpg"]]
+
+
+def test_tar_index_fast_scan_matches_tarfile_and_falls_back_on_pax():
+    from mmshard.tario import _index_ustar, index_tar
+
+    buf = io.BytesIO()
+    with TarWriter(buf) as w:
+        for i in range(5):
+            w.write({"__key__": f"k{i}", "jpg": b"x" * (100 * i + 1), "txt": b"t" * i})
+    buf.seek(0)
+    fast = _index_ustar(buf, "mem")
+    buf.seek(0)
+    assert fast is not None and fast == index_tar(buf, "mem")
+    assert fast[0] == [f"k{i}" for i in range(5)]
+    pax = io.BytesIO()
+    with tarfile.open(fileobj=pax, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name in ("a" * 120 + ".jpg", "b.txt"):  # a long name needs a PAX header
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    pax.seek(0)
+    assert _index_ustar(pax, "mem") is None
+    pax.seek(0)
+    assert index_tar(pax, "mem")[0] == ["a" * 120, "b"]

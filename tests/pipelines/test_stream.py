@@ -230,32 +230,3 @@ def test_cuda_device_without_cuda_says_so(tmp_path):
     make_dataset(tmp_path, shard_sizes={"train": (2,)})
     with pytest.raises(ConfigError, match="CUDA is not available"):
         list(Loader(str(tmp_path), batch_size=2, seed=0, device="cuda"))
-
-
-def test_tar_index_fast_scan_matches_tarfile_and_falls_back_on_pax(tmp_path):
-    import io
-    import tarfile
-
-    from mmshard.pipelines.stream.source import TarIndex
-    from mmshard.tario import TarWriter
-
-    buf = io.BytesIO()
-    with TarWriter(buf) as w:
-        for i in range(5):
-            w.write({"__key__": f"k{i}", "jpg": b"x" * (100 * i + 1), "txt": b"t" * i})
-    buf.seek(0)
-    fast = TarIndex._scan_ustar(buf)
-    buf.seek(0)
-    ref = TarIndex.scan(buf, "mem")
-    assert fast is not None and fast.keys == ref.keys == [f"k{i}" for i in range(5)]
-    assert fast.members == ref.members
-    pax = io.BytesIO()
-    with tarfile.open(fileobj=pax, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name in ("a" * 120 + ".jpg", "b.txt"):  # a long name needs a PAX header
-            info = tarfile.TarInfo(name)
-            info.size = 3
-            t.addfile(info, io.BytesIO(b"abc"))
-    pax.seek(0)
-    assert TarIndex._scan_ustar(pax) is None
-    pax.seek(0)
-    assert TarIndex.scan(pax, "mem").keys == ["a" * 120, "b"]

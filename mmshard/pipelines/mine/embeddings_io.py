@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, SourceError
+from ...tario import split_member_name
 
 __all__ = ["EmbeddingSource", "Embeddings", "load_embeddings", "read_key_table",
            "source_signature"]
@@ -233,13 +234,15 @@ def _shard_paths(path: str) -> list[str]:
 
 
 def _load_shards(source: EmbeddingSource) -> Embeddings:
-    suffix = "." + source.field
     keys: list[str] = []
     rows: list[np.ndarray] = []
     for p in _shard_paths(source.path):
         with tarfile.open(p) as tf:
             for m in tf:
-                if not m.isfile() or not m.name.endswith(suffix):
+                if not m.isfile():
+                    continue
+                key, fld = split_member_name(m.name, shard=p)  # refuses ../, /, bad keys
+                if fld != source.field:
                     continue
                 data = tf.extractfile(m)
                 assert data is not None
@@ -247,7 +250,7 @@ def _load_shards(source: EmbeddingSource) -> Embeddings:
                     v = np.load(io.BytesIO(data.read()), allow_pickle=False)
                 except ValueError as e:
                     raise SourceError(f"member {m.name} of {p} is not a plain .npy: {e}") from e
-                keys.append(os.path.basename(m.name)[: -len(suffix)])
+                keys.append(key)
                 rows.append(np.asarray(v, dtype=np.float32).reshape(-1))
     if rows and len({r.shape[0] for r in rows}) > 1:
         raise SourceError(f"{source.field} members under {source.path} have different "
