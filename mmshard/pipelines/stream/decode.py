@@ -10,13 +10,20 @@
 - audio (``flac wav mp3 ogg`` via soundfile, others via PyAV) -> ``"audio"``: mono
   float32 waveform at ``sample_rate``, cropped/zero-padded to ``num_samples``;
 - stored log-mel (``mel.npy``) -> ``"mel"``: (n_mels, frames) cropped/padded;
-- ``txt`` -> list of str, ``cls`` -> int64 tensor, ``json`` -> list of dicts,
-  ``emb.npy`` -> float32 tensor;
+- ``txt`` -> list of str, ``cls`` -> int64 tensor, ``json`` -> list of dicts;
+- any ``<name>.npy`` field (sidecars such as ``emb_txt.npy`` from ``mmshard embed``,
+  ``mel.npy``, ``units.npy``) -> ``"<name>"``: a tensor (floats as float32, integers
+  kept), read with ``allow_pickle=False``;
 - video (``mp4 webm ...``) -> ``"video"``: (T, 3, H, W) uint8 frames chosen by a frame
   sampler (:mod:`mmshard.samplers.frames`), read with ``mmshard.media.video_reader``.
 
 Bad bytes raise :class:`~mmshard.errors.DataError` naming the shard and key; the loader's
 ``on_error`` policy decides whether that skips (and counts) or stops.
+
+Missing fields (C6): :func:`collate` gives a field that some samples of a batch lack
+(a captioned and an uncaptioned dataset mixed, an embedding skipped for a sample
+without caption) as a list with ``None`` entries, or for tensors a stacked tensor with
+zero rows, plus ``"__has__<field>"``, a bool tensor (B,) saying which rows are real.
 
 >>> cfg = DecodeConfig(image=ImageDecode(resize=FixedResize(size=(8, 8))))
 >>> cfg.image.dtype
@@ -143,7 +150,8 @@ class DecodeConfig:
     text: bool = True
     label: bool = True
     json: bool = False
-    emb: bool = False
+    emb: bool = False  # kept for old code: ``emb.npy`` -> ``"emb"`` (``npy`` covers it)
+    npy: bool = True
 
 
 def _first(sample: dict[str, Any], fields: Sequence[str]) -> tuple[str, bytes] | None:
@@ -246,6 +254,22 @@ def _decode_video(data: bytes, cfg: VideoDecode, key: str | None) -> Any:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def _decode_npy(data: bytes, fld: str) -> Any:
+    import torch
+
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # object arrays (pickles) land here
+        raise DataError("corrupt_npy", f"{fld}: {e}") from e
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32)
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize > 1:
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "biu":
+        raise DataError("bad_dtype", f"{fld} has dtype {arr.dtype}; numeric arrays only")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
                   size_hint: tuple[int, int] | None = None) -> dict[str, Any]:
     """One raw sample (``{"__key__", "__url__", field: bytes}``) -> decoded fields.
@@ -284,11 +308,14 @@ def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
             out["cls"] = int(sample["cls"].decode("utf-8").strip())
         if cfg.json and "json" in sample:
             out["json"] = json.loads(sample["json"])
-        if cfg.emb and "emb.npy" in sample:
-            import torch
-
-            out["emb"] = torch.from_numpy(
-                np.load(io.BytesIO(sample["emb.npy"]), allow_pickle=False).astype(np.float32))
+        for fld in sample:
+            if not fld.endswith(".npy") or fld.startswith("__"):
+                continue
+            name = fld[:-4]
+            if name in out or (cfg.mel is not None and fld == cfg.mel.field) or \
+                    not (cfg.npy or (cfg.emb and fld == "emb.npy")):
+                continue
+            out[name] = _decode_npy(sample[fld], fld)
     except DataError as e:
         raise DataError(e.reason, str(e).split(": ", 1)[-1], key=key, shard=url) from e
     except (UnicodeDecodeError, ValueError) as e:
@@ -296,20 +323,40 @@ def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
     return out
 
 
-def collate(decoded: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack decoded samples: tensors are stacked, ints become an int64 tensor, other
-    values (str, dict) stay lists."""
+def collate(decoded: list[dict[str, Any]], expect: Sequence[str] = ()) -> dict[str, Any]:
+    """Stack decoded samples: tensors are stacked (a list when shapes differ), ints
+    become an int64 tensor, other values (str, dict) stay lists.
+
+    A field some samples lack, or one named in ``expect`` (fields the loader knows
+    may be missing), comes with ``"__has__<field>"`` (bool (B,)); its missing rows
+    are ``None`` in lists and zeros in tensors.
+
+    >>> b = collate([{"txt": "a", "cls": 1}, {"cls": 2}])
+    >>> b["txt"], b["__has__txt"].tolist(), b["cls"].tolist()
+    (['a', None], [True, False], [1, 2])
+    """
     import torch
 
     if not decoded:
         return {}
+    names = list(dict.fromkeys([n for d in decoded for n in d] + list(expect)))
     out: dict[str, Any] = {}
-    for name in decoded[0]:
-        vals = [d[name] for d in decoded]
-        if isinstance(vals[0], torch.Tensor):
-            out[name] = torch.stack(vals)
-        elif isinstance(vals[0], int):
-            out[name] = torch.tensor(vals, dtype=torch.int64)
+    for name in names:
+        has = [name in d for d in decoded]
+        vals = [d.get(name) for d in decoded]
+        present = [v for v in vals if v is not None]
+        if not present:
+            out[name] = vals
+        elif isinstance(present[0], torch.Tensor):
+            if all(v.shape == present[0].shape for v in present):
+                zero = torch.zeros_like(present[0])
+                out[name] = torch.stack([zero if v is None else v for v in vals])
+            else:
+                out[name] = vals
+        elif isinstance(present[0], int):
+            out[name] = torch.tensor([0 if v is None else v for v in vals], dtype=torch.int64)
         else:
             out[name] = vals
+        if not all(has) or name in expect:
+            out[f"__has__{name}"] = torch.tensor(has, dtype=torch.bool)
     return out
