@@ -71,7 +71,7 @@ def test_exact_mode_equals_numpy_topk(tmp_path) -> None:
     assert json.loads(meta[b"mmshard.strategy_config"])["name"] == "topk"
     summary = json.loads(open(res.summary_path).read())
     assert summary["queries"] == {"inputs": 300, "mined": 300, "failed": 0, "short": 0,
-                                  "without_positive": 0}
+                                  "lost": 0, "grown_pool": 0, "without_positive": 0}
     assert summary["removed"]["positive"] == sum(
         1 for i in range(300) if i in np.argsort(-s[i])[: res.summary["pool_size"]])
     assert sum(summary["histograms"]["negative"]) == 300 * 7
@@ -378,3 +378,74 @@ def test_ray_executor_gives_the_same_file(tmp_path) -> None:
     finally:
         if owns:
             ray.shutdown()
+
+
+def _grouped(tmp_path, n_other: int, d: int = 16):
+    """A tight 36-member group (one near-duplicate cluster) plus ``n_other`` random items;
+    the groups table marks the cluster, so its members' nearest items are all excluded."""
+    rng = np.random.default_rng(1)
+    centre = rng.standard_normal(d).astype(np.float32)
+    members = centre + 0.01 * rng.standard_normal((36, d)).astype(np.float32)
+    others = rng.standard_normal((n_other, d)).astype(np.float32)
+    x = np.concatenate([members, others])
+    keys = [f"g{i:02d}" for i in range(36)] + [f"o{i:03d}" for i in range(n_other)]
+    src = write_npy(tmp_path, "x", x, keys)
+    groups = tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"key": keys, "group": ["g"] * 36 + keys[36:]}), groups)
+    return src, str(groups), keys
+
+
+def test_pool_grows_until_every_query_of_a_36_member_group_has_k_negatives(tmp_path) -> None:
+    src, groups, keys = _grouped(tmp_path, n_other=200)
+    res = mine(MineConfig(queries=src, out=str(tmp_path / "n.parquet"), k=8, groups=groups,
+                          index=IndexConfig(kind="flat")), progress=False)
+    rows = {r["query_key"]: r for r in read(res.out)}
+    for i in range(36):
+        negs = rows[f"g{i:02d}"]["negative_keys"]
+        assert len(negs) == 8 and not any(k.startswith("g") for k in negs)
+    assert res.summary["queries"]["short"] == 0
+    assert res.summary["queries"]["grown_pool"] >= 36  # the members needed a larger pool
+
+
+def test_queries_stay_short_only_when_the_corpus_is_exhausted(tmp_path) -> None:
+    src, groups, keys = _grouped(tmp_path, n_other=4)  # 40 items: a member has 4 candidates
+    res = mine(MineConfig(queries=src, out=str(tmp_path / "n.parquet"), k=8, groups=groups,
+                          index=IndexConfig(kind="flat")), progress=False)
+    rows = {r["query_key"]: r for r in read(res.out)}
+    assert all(sorted(rows[f"g{i:02d}"]["negative_keys"]) == keys[36:] for i in range(36))
+    # members have 4 of 8; the 4 others have 36 + 3 candidates, enough for 8
+    assert res.summary["queries"]["short"] == 36
+
+
+@pytest.mark.ray
+def test_ray_worker_killed_during_mine_leaves_lost_rows_and_a_completed_job(
+        ray_cluster, tmp_path) -> None:
+    import threading
+
+    from mmshard.pipelines.executor import RayExecutor
+    from tests.pipelines.test_resume import _kill_one_task_process
+
+    rng = np.random.default_rng(0)
+    n, d = 12_000, 128  # big enough that a chunk runs long enough to be caught
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    src = write_npy(tmp_path, "x", x, [f"k{i:05d}" for i in range(n)])
+    cfg = MineConfig(queries=src, out=str(tmp_path / "n.parquet"), k=4, chunk_size=1000,
+                     index=IndexConfig(kind="flat"), max_failure_rate=1.0)
+    stop, killed = threading.Event(), []
+    t = threading.Thread(target=_kill_one_task_process, args=("_run_chunk", stop, killed))
+    t.start()
+    try:
+        res = mine(cfg, executor=RayExecutor(max_retries=0), progress=False)
+    finally:
+        stop.set()
+        t.join()
+    assert killed, "no chunk task process was caught running"
+    q = res.summary["queries"]
+    assert q["lost"] == 1000 and q["mined"] == n - 1000 and q["failed"] == 1000
+    lost = [f for f in read(res.failures_path) if f["reason"] == "worker_lost"]
+    assert len(lost) == 1000 and {f["role"] for f in lost} == {"query"}
+    mined = {r["query_key"] for r in read(res.out)}
+    assert not mined & {f["key"] for f in lost} and len(mined) == n - 1000
+    # a job that lost chunks is not "up to date": a rerun mines every query
+    again = mine(cfg, executor=LocalExecutor(1), progress=False)
+    assert again.summary["queries"]["lost"] == 0 and again.n_mined == n

@@ -44,6 +44,7 @@ and goes on.  Queries without any positive are mined with a null ``positive_scor
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -53,17 +54,25 @@ from typing import Any
 
 import numpy as np
 
-from ..._registry import config_from_dict, config_to_dict
 from ...errors import ConfigError, JobError
 from ...samplers.negatives import (
     CandidateBatch,
-    TopKConfig,
     build_strategy,
     encode_label_paths,
     strategy_from_dict,
     strategy_to_dict,
 )
+from ...storage import Storage, is_url
 from ..executor import Executor, LocalExecutor
+from ..task import run_tasks
+from .config import (
+    MineConfig,
+    MineResult,
+    PositivesConfig,
+    mine_config_from_dict,
+    mine_config_to_dict,
+    output_paths,
+)
 from .embeddings_io import (
     Embeddings,
     EmbeddingSource,
@@ -72,7 +81,6 @@ from .embeddings_io import (
     source_signature,
 )
 from .faiss_index import (
-    IndexConfig,
     build_index,
     exact_scores,
     fingerprint_array,
@@ -82,161 +90,16 @@ from .faiss_index import (
     save_index,
     search,
 )
-from .report import _commit, _draw_histograms, _write_failures
+from .report import histogram_png, write_failures, write_negatives
 
 __all__ = ["MineConfig", "MineResult", "PositivesConfig", "Reminer", "mine",
            "mine_config_from_dict", "mine_config_to_dict", "output_paths", "remine"]
 
 log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
-_POSITIVE_KINDS = ("same_key", "pairs", "group")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PositivesConfig:
-    """Which corpus items are a query's positives.
-
-    ``same_key``: the corpus item with the query's key.  ``pairs``: a Parquet/CSV table
-    of (``query_column``, ``positive_column``).  ``group``: a Parquet/CSV table of
-    (``key_column``, ``group_column``): corpus items sharing the query's group (at most
-    ``max_scored`` of them, in corpus order, are scored for ``positive_score``).
-
-    >>> PositivesConfig(kind="pairs", path="pairs.csv").kind
-    'pairs'
-    """
-
-    kind: str = "same_key"
-    path: str | None = None
-    query_column: str = "query_key"
-    positive_column: str = "positive_key"
-    key_column: str = "key"
-    group_column: str = "group"
-    max_scored: int = 64
-
-    def __post_init__(self) -> None:
-        if self.kind not in _POSITIVE_KINDS:
-            raise ConfigError(f"unknown positives kind {self.kind!r}; allowed: "
-                              f"{', '.join(_POSITIVE_KINDS)}")
-        if self.kind != "same_key" and not self.path:
-            raise ConfigError(f"positives kind {self.kind!r} needs a table path "
-                              "(--positives pairs.parquet)")
-        if self.max_scored < 1:
-            raise ConfigError(f"max_scored must be >= 1, got {self.max_scored}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MineConfig:
-    """One mining job.  ``corpus=None`` mines queries against themselves.
-
-    ``groups``: optional (key, group) table; corpus items in the query's group are never
-    negatives.  ``labels``: optional (key, label) table of paths like
-    ``animal/dog/terrier`` for semantic levels.  ``index_reuse``: ``auto`` (reuse a
-    matching saved index, rebuild a stale one), ``require`` (refuse a stale one),
-    ``rebuild``.  ``pool_size``: candidates searched per query (default: what the
-    strategy needs).  ``memory_budget`` (bytes) drives the automatic index choice.
-    """
-
-    queries: EmbeddingSource
-    corpus: EmbeddingSource | None = None
-    out: str = "negatives.parquet"
-    positives: PositivesConfig = field(default_factory=PositivesConfig)
-    groups: str | None = None
-    labels: str | None = None
-    label_column: str = "label"
-    k: int = 16
-    strategy: Any = field(default_factory=TopKConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    index_path: str | None = None
-    index_reuse: str = "auto"
-    metric: str = "ip"
-    normalize: bool = True
-    seed: int = 0
-    memory_budget: int = 16 << 30
-    chunk_size: int = 16384
-    pool_size: int | None = None
-    on_unknown_keys: str = "error"
-    max_failure_rate: float = 0.1
-    histogram_bins: int = 50
-    plot: bool = True
-
-    def __post_init__(self) -> None:
-        build_strategy(self.strategy)  # validates the strategy config type
-        if self.metric not in ("ip", "l2"):
-            raise ConfigError(f"unknown metric {self.metric!r}; allowed: ip, l2")
-        if self.index_reuse not in ("auto", "require", "rebuild"):
-            raise ConfigError(f"index_reuse must be one of auto, require, rebuild; got "
-                              f"{self.index_reuse!r}")
-        if self.on_unknown_keys not in ("error", "skip"):
-            raise ConfigError(f"on_unknown_keys must be error or skip, got "
-                              f"{self.on_unknown_keys!r}")
-        for name in ("k", "chunk_size", "memory_budget", "histogram_bins"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pool_size is not None and self.pool_size < self.k:
-            raise ConfigError(f"pool_size {self.pool_size} must be >= k {self.k}")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise ConfigError(f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
-        if not self.out.endswith(".parquet"):
-            raise ConfigError(f"out must end in .parquet, got {self.out!r}")
-
-
-@dataclass
-class MineResult:
-    """What :func:`mine` did; ``summary`` is the content of the summary JSON."""
-
-    out: str
-    summary_path: str
-    plot_path: str | None
-    failures_path: str | None
-    n_queries: int
-    n_mined: int
-    chunks_total: int
-    chunks_computed: int
-    chunks_skipped: int
-    index_kind: str
-    summary: dict[str, Any]
-
-
-def output_paths(out: str) -> dict[str, str]:
-    """The files a job writes for ``out`` (``x.parquet`` -> ``x.summary.json`` ...).
-
-    >>> output_paths("neg.parquet")["summary"]
-    'neg.summary.json'
-    """
-    stem = out[: -len(".parquet")]
-    return {"out": out, "summary": f"{stem}.summary.json", "plot": f"{stem}.scores.png",
-            "failures": f"{stem}.failures.parquet", "parts": f"{out}.parts",
-            "index": f"{out}.index"}
-
-
-def mine_config_to_dict(cfg: MineConfig) -> dict[str, Any]:
-    """Plain JSON/YAML data for a MineConfig (inverse: :func:`mine_config_from_dict`)."""
-    d = config_to_dict(cfg)
-    d["strategy"] = strategy_to_dict(cfg.strategy)
-    return d
-
-
-def mine_config_from_dict(data: dict[str, Any]) -> MineConfig:
-    """Build a MineConfig from :func:`mine_config_to_dict` output (or a YAML mapping)."""
-    data = dict(data)
-    strat = data.pop("strategy", None)
-    for name, cls in (("queries", EmbeddingSource), ("corpus", EmbeddingSource),
-                      ("positives", PositivesConfig), ("index", IndexConfig)):
-        if isinstance(data.get(name), dict):
-            data[name] = config_from_dict(cls, data[name])
-    if strat is not None:
-        data["strategy"] = strategy_from_dict(strat)
-    return config_from_dict(MineConfig, data)
 
 
 # --------------------------------------------------------------------- planning
-
-
-def _atomic_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def _file_sig(path: str | None) -> Any:
@@ -251,6 +114,7 @@ def _plan_fingerprint(cfg: MineConfig) -> str:
 
     d = mine_config_to_dict(cfg)
     d.pop("out", None)
+    d.pop("work_dir", None)
     sig = {"config": d, "version": _FORMAT_VERSION,
            "queries": source_signature(cfg.queries),
            "corpus": source_signature(cfg.corpus) if cfg.corpus else None,
@@ -413,6 +277,8 @@ class _ChunkTask:
     corpus_labels_path: str | None
 
 
+
+
 def _list_array(values: np.ndarray, mask: np.ndarray) -> Any:
     import pyarrow as pa
 
@@ -420,10 +286,56 @@ def _list_array(values: np.ndarray, mask: np.ndarray) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask]))
 
 
+def _load(p: str | None) -> np.ndarray | None:
+    return None if p is None else np.load(p, mmap_mode="r", allow_pickle=False)
+
+
+def _rows(x: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if x is None else x[rows]
+
+
+def _select(task: _ChunkTask, q: np.ndarray, rows: np.ndarray, pool: int, built: Any,
+            corpus: np.ndarray, pos_min: np.ndarray, strategy: Any,
+            side: tuple[np.ndarray | None, np.ndarray | None]) -> Any:
+    """Search ``pool`` candidates for the chunk's ``rows`` and let the strategy pick."""
+    scores, ids = search(built, q[rows], pool, metric=task.metric, refine_vectors=corpus,
+                         gpu=task.gpu)
+    batch = CandidateBatch(
+        ids=ids, scores=scores, query_index=task.start + rows.astype(np.int64),
+        corpus_size=int(corpus.shape[0]), self_ids=task.self_ids[rows],
+        positive_ids=task.positive_ids[rows], positive_scores=pos_min[rows],
+        query_groups=_rows(task.query_groups, rows), corpus_groups=side[0],
+        query_labels=_rows(task.query_labels, rows), corpus_labels=side[1], seed=task.seed)
+    return strategy.select(batch, task.k)
+
+
+def _select_growing(task: _ChunkTask, q: np.ndarray, built: Any, corpus: np.ndarray,
+                    pos_min: np.ndarray) -> tuple[Any, int]:
+    """Select negatives; queries left with fewer than k are searched again with a doubled
+    pool until they have k or the pool is the whole corpus.  Returns (selection, number
+    of queries that needed a larger pool).  Guard counts are those of the first pool."""
+    strategy = build_strategy(strategy_from_dict(task.strategy))
+    side = (_load(task.corpus_groups_path), _load(task.corpus_labels_path))
+    n_corpus = int(corpus.shape[0])
+    rows = np.arange(len(q))
+    sel = _select(task, q, rows, task.pool, built, corpus, pos_min, strategy, side)
+    pool, grown = task.pool, 0
+    short = np.nonzero((sel.ids >= 0).sum(axis=1) < task.k)[0]
+    grown = len(short) if pool < n_corpus else 0
+    while len(short) and pool < n_corpus:
+        pool = min(2 * pool, n_corpus)
+        again = _select(task, q, short, pool, built, corpus, pos_min, strategy, side)
+        for name in ("ids", "scores", "ranks", "levels"):
+            full = getattr(sel, name)
+            if full is not None:
+                full[short] = getattr(again, name)
+        short = short[(again.ids >= 0).sum(axis=1) < task.k]
+    return sel, grown
+
+
 def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     """Mine one chunk of queries into its part file (idempotent)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if os.path.exists(task.part_path):
         return {"chunk": task.chunk, "skipped": True}
@@ -431,31 +343,17 @@ def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     corpus = np.load(task.corpus_path, mmap_mode="r", allow_pickle=False)
     q = np.asarray(queries[task.start:task.stop], np.float32)
     built = load_index(task.index_path, expect=task.index_expect)
-    scores, ids = search(built, q, task.pool, metric=task.metric, refine_vectors=corpus,
-                         gpu=task.gpu)
     pos_scores = exact_scores(q, task.positive_ids, corpus, task.metric, fill=np.nan)
     lowest = np.where(np.isnan(pos_scores), np.inf, pos_scores).min(axis=1, initial=np.inf)
     pos_min = np.where(np.isposinf(lowest), np.nan, lowest).astype(np.float32)
-    def load(p: str | None) -> np.ndarray | None:
-        return None if p is None else np.load(p, mmap_mode="r", allow_pickle=False)
-    strategy = build_strategy(strategy_from_dict(task.strategy))
-    batch = CandidateBatch(
-        ids=ids, scores=scores, query_index=np.arange(task.start, task.stop, dtype=np.int64),
-        corpus_size=int(corpus.shape[0]), self_ids=task.self_ids,
-        positive_ids=task.positive_ids, positive_scores=pos_min,
-        query_groups=task.query_groups, corpus_groups=load(task.corpus_groups_path),
-        query_labels=task.query_labels, corpus_labels=load(task.corpus_labels_path),
-        seed=task.seed)
-    sel = strategy.select(batch, task.k)
+    sel, grown = _select_growing(task, q, built, corpus, pos_min)
     need = (sel.ids >= 0) & np.isnan(sel.scores)
     if need.any():
         sel.scores[need] = exact_scores(q, np.where(need, sel.ids, -1), corpus, task.metric,
                                         fill=np.nan)[need]
     mask = sel.ids >= 0
-    neg = sel.scores[mask]
-    fin = pos_min[np.isfinite(pos_min)]
-    both = np.concatenate([neg, fin])
-    meta = {"removed": sel.removed, "rows": int(len(q)),
+    both = np.concatenate([sel.scores[mask], pos_min[np.isfinite(pos_min)]])
+    meta = {"removed": sel.removed, "rows": int(len(q)), "grown": grown,
             "short": int((mask.sum(axis=1) < task.k).sum()),
             "no_positive": int((~np.isfinite(pos_min)).sum()),
             "score_min": float(both.min()) if both.size else None,
@@ -469,62 +367,110 @@ def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
     }
     if sel.levels is not None:
         cols["negative_levels"] = _list_array(sel.levels.astype(np.int8), mask)
-    table = pa.table(cols).replace_schema_metadata({"mmshard.chunk": json.dumps(meta)})
-    tmp = f"{task.part_path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, task.part_path)
+    _write_part(task.part_path, pa.table(cols), meta)
     return {"chunk": task.chunk, "skipped": False, **meta}
 
 
-# ----------------------------------------------------------------------- commit
-
-
-def _result_from_summary(cfg: MineConfig, summary: dict[str, Any], total: int,
-                         computed: int) -> MineResult:
-    paths = output_paths(cfg.out)
-    return MineResult(
-        out=cfg.out, summary_path=paths["summary"],
-        plot_path=paths["plot"] if cfg.plot else None,
-        failures_path=paths["failures"] if os.path.exists(paths["failures"]) else None,
-        n_queries=summary["queries"]["inputs"], n_mined=summary["queries"]["mined"],
-        chunks_total=total, chunks_computed=computed, chunks_skipped=total - computed,
-        index_kind=summary["index"]["kind"], summary=summary)
-
-
-def mine(config: MineConfig, *, executor: Executor | None = None,
-         progress: bool = True) -> MineResult:
-    """Mine hard negatives for every query (see the module docstring for the steps).
-
-    >>> res = mine(MineConfig(queries=EmbeddingSource(path="emb.npy"),
-    ...                       out="neg.parquet", k=8))          # doctest: +SKIP
-    >>> res.n_mined, res.summary["removed"]                     # doctest: +SKIP
-    """
+def _write_part(path: str, table: Any, meta: dict[str, Any]) -> None:
     import pyarrow.parquet as pq
 
-    cfg = config
-    paths = output_paths(cfg.out)
-    plan = _plan_fingerprint(cfg)
-    if os.path.exists(cfg.out) and os.path.exists(paths["summary"]):
-        meta = pq.read_schema(cfg.out).metadata or {}
-        if meta.get(b"mmshard.plan", b"").decode() == plan:
-            with open(paths["summary"]) as f:
-                summary = json.load(f)
-            log.info("%s is up to date; nothing to do", cfg.out)
-            return _result_from_summary(cfg, summary, summary["chunks"], 0)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    parts_dir = paths["parts"]
-    plan_file = os.path.join(parts_dir, "plan.json")
-    if os.path.isdir(parts_dir):
-        old = None
-        if os.path.exists(plan_file):
-            with open(plan_file) as f:
-                old = json.load(f).get("plan")
-        if old != plan:
-            log.warning("discarding parts of a different job in %s", parts_dir)
-            shutil.rmtree(parts_dir)
-    os.makedirs(parts_dir, exist_ok=True)
-    _atomic_json(plan_file, {"plan": plan})
+    table = table.replace_schema_metadata({"mmshard.chunk": json.dumps(meta)})
+    with Storage(os.path.dirname(path)).atomic_writer(os.path.basename(path)) as f:
+        pq.write_table(table, f)
 
+
+def _lost_chunk(task: _ChunkTask, cause: object, qkeys: np.ndarray,
+                failures: list[dict[str, str]]) -> dict[str, Any]:
+    """A chunk whose worker died on every attempt: ``worker_lost`` failure rows for its
+    queries and an empty part, so the job completes (a rerun mines them again)."""
+    import pyarrow as pa
+
+    detail = f"the task of query chunk {task.chunk} died on every attempt: {cause}"
+    failures += [{"key": str(k), "role": "query", "reason": "worker_lost", "detail": detail}
+                 for k in qkeys[task.start:task.stop]]
+    meta = {"removed": {}, "rows": 0, "short": 0, "no_positive": 0, "grown": 0,
+            "score_min": None, "score_max": None, "lost": task.stop - task.start}
+    _write_part(task.part_path, pa.table({"query_row": pa.array([], pa.int64())}), meta)
+    return {"chunk": task.chunk, "skipped": False, **meta}
+
+
+# ----------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Plan:
+    """What the driver prepared: usable rows, their keys, positives, index, pool."""
+
+    plan: str
+    work: str
+    qemb: Embeddings
+    cemb: Embeddings
+    q_path: str
+    c_path: str
+    q_valid: np.ndarray
+    c_valid: np.ndarray
+    qkeys: np.ndarray
+    ckeys: np.ndarray
+    res: dict[str, Any]
+    failures: list[dict[str, str]]
+    failures_path: str | None = None
+    index_path: str = ""
+    local_index: str = ""
+    expect: dict[str, Any] = field(default_factory=dict)
+    index_params: dict[str, Any] = field(default_factory=dict)
+    pool: int = 1
+    storage_options: dict | None = None
+
+
+def _artifacts(cfg: MineConfig, so: dict | None = None) -> tuple[Storage, dict[str, str]]:
+    """The folder of ``cfg.out`` and the names of the job's files in it."""
+    parent, _, _ = cfg.out.rpartition("/") if is_url(cfg.out) else (
+        os.path.dirname(os.path.abspath(cfg.out)), "", "")
+    names = {k: v.rsplit("/", 1)[-1] if is_url(v) else os.path.basename(v)
+             for k, v in output_paths(cfg.out).items() if k not in ("parts", "index")}
+    return Storage(parent, so), names
+
+
+def _work_dir(cfg: MineConfig) -> str:
+    if cfg.work_dir:
+        return os.path.abspath(cfg.work_dir)
+    if not is_url(cfg.out):
+        return os.path.abspath(output_paths(cfg.out)["parts"])
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha1(cfg.out.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"mmshard-mine-{tag}")
+
+
+def _up_to_date(art: Storage, names: dict[str, str], plan: str) -> dict[str, Any] | None:
+    """The summary of a finished job with this plan (nothing lost), else None."""
+    import pyarrow.parquet as pq
+
+    if not (art.exists(names["out"]) and art.exists(names["summary"])):
+        return None
+    with art.open_read(names["out"]) as f:
+        meta = pq.read_schema(f).metadata or {}
+    if meta.get(b"mmshard.plan", b"").decode() != plan:
+        return None
+    summary = json.loads(art.read_bytes(names["summary"]))
+    return None if summary["queries"].get("lost") else summary
+
+
+def _open_work(work: str, plan: str) -> None:
+    """Claim the working folder for this plan (parts of another plan are discarded)."""
+    ws = Storage(work)
+    if os.path.isdir(work):
+        old = json.loads(ws.read_bytes("plan.json")).get("plan") if ws.exists(
+            "plan.json") else None
+        if old != plan:
+            log.warning("discarding parts of a different job in %s", work)
+            shutil.rmtree(work)
+    os.makedirs(work, exist_ok=True)
+    ws.write_bytes("plan.json", json.dumps({"plan": plan}).encode())
+
+
+def _load_inputs(cfg: MineConfig) -> tuple[Embeddings, Embeddings]:
     qemb = load_embeddings(cfg.queries)
     cemb = load_embeddings(cfg.corpus) if cfg.corpus else qemb
     cname = cfg.corpus.path if cfg.corpus else cfg.queries.path
@@ -536,181 +482,294 @@ def mine(config: MineConfig, *, executor: Executor | None = None,
         raise ConfigError(f"dimension mismatch: queries {cfg.queries.path} have dim "
                           f"{qemb.dim}, corpus {cname} has dim {cemb.dim}; embed both with "
                           "models that share one space")
+    return qemb, cemb
+
+
+def _plan_inputs(cfg: MineConfig, plan: str, work: str, art: Storage,
+                 names: dict[str, str]) -> _Plan:
+    """Validate and prepare the vectors, resolve positives/groups/labels, check rates."""
+    qemb, cemb = _load_inputs(cfg)
     failures: list[dict[str, str]] = []
-    q_path = os.path.join(parts_dir, "queries.npy")
-    c_path = os.path.join(parts_dir, "corpus.npy") if cfg.corpus else q_path
+    q_path = os.path.join(work, "queries.npy")
+    c_path = os.path.join(work, "corpus.npy") if cfg.corpus else q_path
     q_valid = _prepare(qemb, "query" if cfg.corpus else "query_and_corpus", q_path,
                        normalize=cfg.normalize, failures=failures)
     c_valid = (_prepare(cemb, "corpus", c_path, normalize=cfg.normalize, failures=failures)
                if cfg.corpus else q_valid)
     n_inputs = len(qemb) + (len(cemb) if cfg.corpus else 0)
     n_good = len(q_valid) + (len(c_valid) if cfg.corpus else 0)
-    rate = 1 - n_good / n_inputs
-    qkeys = qemb.keys[q_valid]
-    ckeys = cemb.keys[c_valid]
+    qkeys, ckeys = qemb.keys[q_valid], cemb.keys[c_valid]
     res = _resolve(cfg, qemb.keys, cemb.keys, qkeys, ckeys, failures)
-    failures_path = _write_failures(paths["failures"], failures)
+    p = _Plan(plan=plan, work=work, qemb=qemb, cemb=cemb, q_path=q_path, c_path=c_path,
+              q_valid=q_valid, c_valid=c_valid, qkeys=qkeys, ckeys=ckeys, res=res,
+              failures=failures)
+    p.failures_path = write_failures(art, names["failures"], failures)
+    cname = cfg.corpus.path if cfg.corpus else cfg.queries.path
     if len(c_valid) == 0:
         raise JobError(f"the corpus {cname} has no usable vectors (all {len(cemb)} rows "
-                       f"failed); see {failures_path}")
+                       f"failed); see {p.failures_path}")
+    rate = 1 - n_good / n_inputs
     if rate > cfg.max_failure_rate:
         raise JobError(f"{rate:.1%} of embedding rows are unusable (over max_failure_rate "
-                       f"{cfg.max_failure_rate:.0%}); see {failures_path}")
+                       f"{cfg.max_failure_rate:.0%}); see {p.failures_path}")
+    return p
 
-    corpus = np.load(c_path, mmap_mode="r", allow_pickle=False)
-    index_path = cfg.index_path or paths["index"]
+
+def _index_storage(path: str, so: dict | None) -> tuple[Storage, str]:
+    if is_url(path):
+        parent, _, name = path.rpartition("/")
+        return Storage(parent, so), name
+    return Storage(os.path.dirname(os.path.abspath(path))), os.path.basename(path)
+
+
+def _copy(src: Storage, src_rel: str, dst: Storage, dst_rel: str) -> None:
+    with src.open_read(src_rel) as fi, dst.atomic_writer(dst_rel) as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+
+
+def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
+    """Reuse the saved index when it matches the prepared corpus, else build and save it.
+
+    Workers read a local copy: the index itself when ``index_path`` is local, else a copy
+    in the working folder (``s3://`` indexes are downloaded once, uploaded after a build).
+    """
+    corpus = np.load(p.c_path, mmap_mode="r", allow_pickle=False)
+    p.index_path = cfg.index_path or output_paths(cfg.out)["index"]
+    st, rel = _index_storage(p.index_path, p.storage_options)
+    p.local_index = st.path(rel) if st.local else os.path.join(p.work, "index.faiss")
     fp = fingerprint_array(corpus, extra={"metric": cfg.metric, "normalize": cfg.normalize})
-    expect = index_meta(fingerprint=fp, n=int(corpus.shape[0]), d=int(corpus.shape[1]),
-                        metric=cfg.metric, config=cfg.index)
-    have = read_index_meta(index_path)
-    current = have is not None and all(have.get(k) == v for k, v in expect.items())
+    p.expect = index_meta(fingerprint=fp, n=int(corpus.shape[0]), d=int(corpus.shape[1]),
+                          metric=cfg.metric, config=cfg.index)
+    have = (json.loads(st.read_bytes(f"{rel}.json"))
+            if st.exists(rel) and st.exists(f"{rel}.json") else None)
+    current = have is not None and all(have.get(k) == v for k, v in p.expect.items())
     if cfg.index_reuse == "require" and not current:
-        raise JobError(f"index {index_path} is missing or stale (index_reuse='require'); "
+        raise JobError(f"index {p.index_path} is missing or stale (index_reuse='require'); "
                        "rebuild it (--rebuild-index) or point index_path elsewhere")
     if cfg.index_reuse == "rebuild" or not current:
         built = build_index(corpus, metric=cfg.metric, config=cfg.index,
                             memory_budget=cfg.memory_budget, seed=cfg.seed)
-        save_index(built, index_path, meta=expect)
-        kind_params = built.params
-        del built
-    else:
-        assert have is not None
-        kind_params = have["params"]
+        save_index(built, p.local_index, meta=p.expect)
+        p.index_params = built.params
+        if not st.local:  # the sidecar lands last: an index is trusted only with it
+            st.remove(f"{rel}.json")
+            local = Storage(p.work)
+            _copy(local, "index.faiss", st, rel)
+            _copy(local, "index.faiss.json", st, f"{rel}.json")
+        return
+    assert have is not None
+    p.index_params = have["params"]
+    if not st.local and read_index_meta(p.local_index) != have:
+        local = Storage(p.work)
+        _copy(st, rel, local, "index.faiss")
+        _copy(st, f"{rel}.json", local, "index.faiss.json")
 
-    def _save(name: str, arr: np.ndarray | None) -> str | None:
-        if arr is None:
-            return None
-        p = os.path.join(parts_dir, name)
-        if not os.path.exists(p):
-            np.save(p + ".tmp.npy", arr)
-            os.replace(p + ".tmp.npy", p)
-        return p
 
-    cg_path = _save("corpus_groups.npy", res["corpus_groups"])
-    cl_path = _save("corpus_labels.npy", res["corpus_labels"])
-    strategy = build_strategy(cfg.strategy)
+def _save_side(work: str, name: str, arr: np.ndarray | None) -> str | None:
+    if arr is None:
+        return None
+    path = os.path.join(work, name)
+    if not os.path.exists(path):
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        Storage(work).write_bytes(name, buf.getvalue())
+    return path
+
+
+def _chunk_tasks(cfg: MineConfig, p: _Plan) -> list[_ChunkTask]:
+    """One task per ``chunk_size`` queries whose part is not written yet."""
+    res = p.res
+    cg_path = _save_side(p.work, "corpus_groups.npy", res["corpus_groups"])
+    cl_path = _save_side(p.work, "corpus_labels.npy", res["corpus_labels"])
     indptr, pos_ids = res["pos_indptr"], res["pos_ids"]
     max_pos = int(np.diff(indptr).max(initial=0))
-    pool = cfg.pool_size or strategy.pool_size(cfg.k) + max_pos
-    pool = max(1, min(pool, int(corpus.shape[0])))
-    nq = len(q_valid)
-    n_chunks = -(-nq // cfg.chunk_size)
+    pool = cfg.pool_size or build_strategy(cfg.strategy).pool_size(cfg.k) + max_pos
+    p.pool = max(1, min(pool, len(p.c_valid)))
+    nq = len(p.q_valid)
+    tasks = []
+    for c in range(-(-nq // cfg.chunk_size)):
+        a, b = c * cfg.chunk_size, min(nq, (c + 1) * cfg.chunk_size)
+        part = os.path.join(p.work, f"chunk-{c:05d}.parquet")
+        if os.path.exists(part):
+            continue
+        cnt = np.diff(indptr[a:b + 1])
+        pos = np.full((b - a, int(cnt.max(initial=0))), -1, np.int64)
+        for i in np.nonzero(cnt)[0]:
+            pos[i, : cnt[i]] = pos_ids[indptr[a + i]: indptr[a + i + 1]]
 
-    def tasks() -> Any:
-        for c in range(n_chunks):
-            a, b = c * cfg.chunk_size, min(nq, (c + 1) * cfg.chunk_size)
-            cnt = np.diff(indptr[a:b + 1])
-            width = int(cnt.max(initial=0))
-            pos = np.full((b - a, width), -1, np.int64)
-            for i in np.nonzero(cnt)[0]:
-                pos[i, : cnt[i]] = pos_ids[indptr[a + i]: indptr[a + i + 1]]
-            def sl(x, a=a, b=b):  # rows a:b of an optional per-query array
-                return None if x is None else np.ascontiguousarray(x[a:b])
-            yield _ChunkTask(
-                chunk=c, start=a, stop=b,
-                part_path=os.path.join(parts_dir, f"chunk-{c:05d}.parquet"),
-                queries_path=q_path, corpus_path=c_path, index_path=index_path,
-                index_expect=expect, k=cfg.k, pool=pool, metric=cfg.metric, seed=cfg.seed,
-                gpu=cfg.index.gpu, strategy=strategy_to_dict(cfg.strategy),
-                self_ids=res["self_ids"][a:b].copy(), positive_ids=pos,
-                query_groups=sl(res["query_groups"]), query_labels=sl(res["query_labels"]),
-                corpus_groups_path=cg_path, corpus_labels_path=cl_path)
+        def sl(x, a=a, b=b):  # rows a:b of an optional per-query array
+            return None if x is None else np.ascontiguousarray(x[a:b])
+        tasks.append(_ChunkTask(
+            chunk=c, start=a, stop=b, part_path=part, queries_path=p.q_path,
+            corpus_path=p.c_path, index_path=p.local_index, index_expect=p.expect, k=cfg.k,
+            pool=p.pool, metric=cfg.metric, seed=cfg.seed, gpu=cfg.index.gpu,
+            strategy=strategy_to_dict(cfg.strategy), self_ids=res["self_ids"][a:b].copy(),
+            positive_ids=pos, query_groups=sl(res["query_groups"]),
+            query_labels=sl(res["query_labels"]), corpus_groups_path=cg_path,
+            corpus_labels_path=cl_path))
+    return tasks
 
-    todo = [t for t in tasks() if not os.path.exists(t.part_path)]
-    ex = executor or LocalExecutor(1)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="mine", unit="chunk")
-    computed = 0
-    try:
-        for _, r in ex.imap_unordered(_run_chunk, todo):
-            computed += 0 if r.get("skipped") else 1
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+def _summary(cfg: MineConfig, p: _Plan, st: dict[str, Any], n_chunks: int) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    for f in p.failures:
+        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+    return {
+        "out": cfg.out, "k": cfg.k, "metric": cfg.metric, "normalize": cfg.normalize,
+        "strategy": strategy_to_dict(cfg.strategy), "index": p.index_params,
+        "index_path": p.index_path, "pool_size": p.pool, "chunks": n_chunks,
+        "queries": {"inputs": len(p.qemb), "mined": st["rows"],
+                    "failed": int(len(p.qemb) - len(p.q_valid)) + st["lost"],
+                    "lost": st["lost"], "short": st["short"], "grown_pool": st["grown"],
+                    "without_positive": st["no_positive"]},
+        "corpus": {"inputs": len(p.cemb), "indexed": int(len(p.c_valid)),
+                   "failed": int(len(p.cemb) - len(p.c_valid))},
+        "negatives": st["negatives"], "removed": st["removed"],
+        "failures": reasons, "failures_path": p.failures_path,
+        "histograms": {"edges": [round(float(e), 6) for e in st["edges"]],
+                       "positive": st["hist_pos"].tolist(),
+                       "negative": st["hist_neg"].tolist()},
+    }
 
-    part_paths = [os.path.join(parts_dir, f"chunk-{c:05d}.parquet") for c in range(n_chunks)]
-    missing = [p for p in part_paths if not os.path.exists(p)]
-    if missing:
-        raise JobError(f"{len(missing)} chunk(s) did not finish, e.g. {missing[0]}; rerun to "
-                       "resume")
+
+def _commit(cfg: MineConfig, p: _Plan, art: Storage, names: dict[str, str],
+            n_chunks: int, lost: bool) -> dict[str, Any]:
+    """Parts -> the negatives file, failures, summary and plot (each atomic)."""
+    strategy = build_strategy(cfg.strategy)
     metadata = {
         "mmshard.strategy": strategy.name,
         "mmshard.strategy_config": json.dumps(strategy_to_dict(cfg.strategy), sort_keys=True),
         "mmshard.mine_config": json.dumps(mine_config_to_dict(cfg), sort_keys=True,
                                           default=str),
-        "mmshard.plan": plan,
+        "mmshard.plan": p.plan,
         "mmshard.score": "inner_product" if cfg.metric == "ip" else "neg_squared_l2",
         "mmshard.format_version": str(_FORMAT_VERSION),
     }
-    st = _commit(cfg, part_paths, qkeys, ckeys, metadata)
-    reasons: dict[str, int] = {}
-    for f in failures:
-        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
-    summary = {
-        "out": cfg.out, "k": cfg.k, "metric": cfg.metric, "normalize": cfg.normalize,
-        "strategy": strategy_to_dict(cfg.strategy), "index": kind_params,
-        "index_path": index_path, "pool_size": pool, "chunks": n_chunks,
-        "queries": {"inputs": len(qemb), "mined": st["rows"],
-                    "failed": int(len(qemb) - len(q_valid)),
-                    "short": st["short"], "without_positive": st["no_positive"]},
-        "corpus": {"inputs": len(cemb), "indexed": int(len(c_valid)),
-                   "failed": int(len(cemb) - len(c_valid))},
-        "negatives": st["negatives"], "removed": st["removed"],
-        "failures": reasons, "failures_path": failures_path,
-        "histograms": {"edges": [round(float(e), 6) for e in st["edges"]],
-                       "positive": st["hist_pos"].tolist(),
-                       "negative": st["hist_neg"].tolist()},
-    }
-    _atomic_json(paths["summary"], summary)
+    parts = [os.path.join(p.work, f"chunk-{c:05d}.parquet") for c in range(n_chunks)]
+    st = write_negatives(art, names["out"], parts, p.qkeys, p.ckeys, metadata,
+                         cfg.histogram_bins)
+    st["grown"] = sum(_chunk_meta(x).get("grown", 0) for x in parts)
+    if lost:
+        p.failures_path = write_failures(art, names["failures"], p.failures)
+    summary = _summary(cfg, p, st, n_chunks)
+    art.write_bytes(names["summary"], json.dumps(summary, indent=2, sort_keys=True,
+                                                 default=str).encode())
     if cfg.plot:
-        _draw_histograms(paths["plot"], st["edges"], st["hist_pos"], st["hist_neg"],
-                         f"{strategy.name}: {st['rows']} queries, k={cfg.k}")
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    return _result_from_summary(cfg, summary, n_chunks, computed)
+        art.write_bytes(names["plot"], histogram_png(
+            st["edges"], st["hist_pos"], st["hist_neg"],
+            f"{strategy.name}: {st['rows']} queries, k={cfg.k}"))
+    return summary
+
+
+def _chunk_meta(path: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[b"mmshard.chunk"])
+
+
+def _result(cfg: MineConfig, art: Storage, names: dict[str, str], summary: dict[str, Any],
+            total: int, computed: int) -> MineResult:
+    return MineResult(
+        out=cfg.out, stats=summary, summary_path=art.path(names["summary"]),
+        plot_path=art.path(names["plot"]) if cfg.plot else None,
+        failures_path=(art.path(names["failures"]) if art.exists(names["failures"])
+                       else None),
+        n_queries=summary["queries"]["inputs"], n_mined=summary["queries"]["mined"],
+        chunks_total=total, chunks_computed=computed, chunks_skipped=total - computed,
+        index_kind=summary["index"]["kind"])
+
+
+def mine(config: MineConfig, *, executor: Executor | None = None, progress: bool = True,
+         storage_options: dict | None = None) -> MineResult:
+    """Mine hard negatives for every query (see the module docstring for the steps).
+
+    ``storage_options`` are fsspec options for an ``out``/``index_path`` URL.
+
+    >>> res = mine(MineConfig(queries=EmbeddingSource(path="emb.npy"),
+    ...                       out="neg.parquet", k=8))          # doctest: +SKIP
+    >>> res.n_mined, res.summary["removed"]                     # doctest: +SKIP
+    """
+    cfg = config
+    art, names = _artifacts(cfg, storage_options)
+    plan = _plan_fingerprint(cfg)
+    done = _up_to_date(art, names, plan)
+    if done is not None:
+        log.info("%s is up to date; nothing to do", cfg.out)
+        return _result(cfg, art, names, done, done["chunks"], 0)
+    work = _work_dir(cfg)
+    _open_work(work, plan)
+    p = _plan_inputs(cfg, plan, work, art, names)
+    p.storage_options = storage_options
+    _ensure_index(cfg, p)
+    n_chunks = -(-len(p.q_valid) // cfg.chunk_size)
+    todo = _chunk_tasks(cfg, p)
+    lost: list[int] = []
+
+    def on_lost(task: _ChunkTask, cause: object) -> dict[str, Any]:
+        lost.append(task.chunk)
+        return _lost_chunk(task, cause, p.qkeys, p.failures)
+
+    computed = 0
+    for _, r in run_tasks(executor or LocalExecutor(1), _run_chunk, todo, on_lost=on_lost,
+                          progress=progress and bool(todo), desc="mine"):
+        computed += 0 if r.get("skipped") else 1
+    missing = [c for c in range(n_chunks)
+               if not os.path.exists(os.path.join(work, f"chunk-{c:05d}.parquet"))]
+    if missing:
+        raise JobError(f"{len(missing)} chunk(s) did not finish, e.g. chunk {missing[0]}; "
+                       "rerun to resume")
+    summary = _commit(cfg, p, art, names, n_chunks, bool(lost))
+    shutil.rmtree(work, ignore_errors=True)
+    return _result(cfg, art, names, summary, n_chunks, computed)
 
 
 # ---------------------------------------------------------------------- re-mine
 
 
+def _move(art: Storage, src: str, dst: str) -> None:
+    if art.local:
+        os.replace(art.path(src), art.path(dst))
+    else:
+        _copy(art, src, art, dst)
+        art.remove(src)
+
+
 def remine(config: MineConfig, *, queries: EmbeddingSource | None = None,
            corpus: EmbeddingSource | None = None, executor: Executor | None = None,
-           progress: bool = False) -> MineResult:
+           progress: bool = False, storage_options: dict | None = None) -> MineResult:
     """Re-run :func:`mine` on a newer checkpoint's embeddings and swap ``config.out``
-    (and its summary, plot, failures) atomically: readers see the old file or the new
-    one, never a partial one.
+    (and its summary, plot, failures) in: readers see the old file or the new one,
+    never a partial one.
 
     >>> new = remine(cfg, queries=EmbeddingSource(path="emb_step2000.npy"))  # doctest: +SKIP
     """
-    final = output_paths(config.out)
+    art, final = _artifacts(config, storage_options)
     tmp_out = f"{config.out[: -len('.parquet')]}.remine-{os.getpid()}.parquet"
     changes: dict[str, Any] = {"out": tmp_out,
-                               "index_path": config.index_path or final["index"]}
+                               "index_path": config.index_path or
+                               output_paths(config.out)["index"]}
     if queries is not None:
         changes["queries"] = queries
     if corpus is not None:
         changes["corpus"] = corpus
     cfg = dataclasses.replace(config, **changes)
-    res = mine(cfg, executor=executor, progress=progress)
-    tmp = output_paths(tmp_out)
+    res = mine(cfg, executor=executor, progress=progress, storage_options=storage_options)
+    _, tmp = _artifacts(cfg, storage_options)
     for name in ("summary", "plot", "failures"):
-        if os.path.exists(tmp[name]):
-            os.replace(tmp[name], final[name])
-        elif os.path.exists(final[name]):
-            os.remove(final[name])
-    os.replace(tmp_out, config.out)
-    with open(final["summary"]) as f:
-        summary = json.load(f)
+        if art.exists(tmp[name]):
+            _move(art, tmp[name], final[name])
+        else:
+            art.remove(final[name])
+    _move(art, tmp["out"], final["out"])
+    summary = json.loads(art.read_bytes(final["summary"]))
     summary["out"] = config.out
-    _atomic_json(final["summary"], summary)
+    art.write_bytes(final["summary"], json.dumps(summary, indent=2, sort_keys=True,
+                                                 default=str).encode())
     return dataclasses.replace(
-        res, out=config.out, summary_path=final["summary"],
-        plot_path=final["plot"] if res.plot_path else None,
-        failures_path=final["failures"] if res.failures_path else None, summary=summary)
+        res, out=config.out, summary_path=art.path(final["summary"]),
+        plot_path=art.path(final["plot"]) if res.plot_path else None,
+        failures_path=art.path(final["failures"]) if res.failures_path else None,
+        stats=summary)
 
 
 class Reminer:

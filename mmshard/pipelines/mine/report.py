@@ -1,22 +1,23 @@
-"""Writing the mining job's outputs: the final Parquet from chunk parts, the failures
-table and the score-histogram PNG.  Split from :mod:`.mine` (the job) to keep each file
-one concern; nothing here is public.
+"""Writing the mining job's outputs through :class:`~mmshard.storage.Storage` (so
+``s3://`` works): the final Parquet from chunk parts, the failures table and the
+score-histogram PNG.  Consumes the chunk part files of :mod:`.job`; knows nothing of
+the job's config.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .job import MineConfig
+from ...storage import Storage
+
+__all__ = ["histogram_png", "write_failures", "write_negatives"]
 
 
-def _draw_histograms(path: str, edges: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                     title: str) -> None:
+def histogram_png(edges: np.ndarray, pos: np.ndarray, neg: np.ndarray, title: str) -> bytes:
     """Positive (blue) vs negative (red) score densities as a PNG, drawn with PIL."""
     from PIL import Image, ImageDraw
 
@@ -41,14 +42,24 @@ def _draw_histograms(path: str, edges: np.ndarray, pos: np.ndarray, neg: np.ndar
     dr.text((ml, 8), title, fill="black")
     dr.text((ml + pw - 150, mt + 6), "positive", fill=(40, 90, 220))
     dr.text((ml + pw - 150, mt + 20), "negative", fill=(220, 50, 40))
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndarray,
-            metadata: dict[str, str]) -> dict[str, Any]:
-    """Parts -> final Parquet (temp + rename); returns counts and histograms."""
+def _empty_schema(metadata: dict[str, str]):
+    import pyarrow as pa
+
+    return pa.schema([("query_key", pa.string()), ("negative_keys", pa.list_(pa.string())),
+                      ("negative_scores", pa.list_(pa.float32())),
+                      ("negative_ranks", pa.list_(pa.int32())),
+                      ("positive_score", pa.float32())], metadata=metadata)
+
+
+def write_negatives(storage: Storage, rel: str, parts: list[str], qkeys: np.ndarray,
+                    ckeys: np.ndarray, metadata: dict[str, str], bins: int) -> dict[str, Any]:
+    """Chunk parts (local files) -> the final Parquet at ``rel`` (atomic); returns counts
+    and histograms.  Parts of lost chunks (no rows) add nothing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -58,17 +69,18 @@ def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndar
     lo_v, hi_v = (min(lo), max(hi)) if lo else (0.0, 1.0)
     if hi_v <= lo_v:
         hi_v = lo_v + 1e-6
-    edges = np.linspace(lo_v, hi_v, cfg.histogram_bins + 1)
-    hist_pos = np.zeros(cfg.histogram_bins, np.int64)
-    hist_neg = np.zeros(cfg.histogram_bins, np.int64)
+    edges = np.linspace(lo_v, hi_v, bins + 1)
+    hist_pos = np.zeros(bins, np.int64)
+    hist_neg = np.zeros(bins, np.int64)
     removed: dict[str, int] = {}
     writer = None
-    tmp = f"{cfg.out}.tmp-{os.getpid()}"
     n_rows = n_negs = 0
-    try:
+    with storage.atomic_writer(rel) as f:
         for p, m in zip(parts, metas, strict=True):
             for g, c in m["removed"].items():
                 removed[g] = removed.get(g, 0) + c
+            if m.get("lost"):
+                continue
             t = pq.read_table(p)
             qr = t.column("query_row").to_numpy()
             cols: dict[str, Any] = {"query_key": pa.array(qkeys[qr].astype(str), pa.string())}
@@ -83,7 +95,7 @@ def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndar
                     cols[name] = t.column(name).combine_chunks()
             out = pa.table(cols)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, out.schema.with_metadata(metadata))
+                writer = pq.ParquetWriter(f, out.schema.with_metadata(metadata))
             writer.write_table(out.replace_schema_metadata(metadata))
             negs = t.column("negative_scores").combine_chunks().flatten().to_numpy()
             pos = t.column("positive_score").to_numpy(zero_copy_only=False)
@@ -93,37 +105,28 @@ def _commit(cfg: MineConfig, parts: list[str], qkeys: np.ndarray, ckeys: np.ndar
             n_rows += len(t)
             n_negs += len(negs)
         if writer is None:  # no usable query: an empty file with the full schema
-            schema = pa.schema([("query_key", pa.string()),
-                                ("negative_keys", pa.list_(pa.string())),
-                                ("negative_scores", pa.list_(pa.float32())),
-                                ("negative_ranks", pa.list_(pa.int32())),
-                                ("positive_score", pa.float32())], metadata=metadata)
-            pq.write_table(schema.empty_table(), tmp)
-    finally:
-        if writer is not None:
+            pq.write_table(_empty_schema(metadata).empty_table(), f)
+        else:
             writer.close()
-    os.replace(tmp, cfg.out)
     return {"edges": edges, "hist_pos": hist_pos, "hist_neg": hist_neg, "removed": removed,
             "rows": n_rows, "negatives": n_negs,
             "short": sum(m["short"] for m in metas),
-            "no_positive": sum(m["no_positive"] for m in metas)}
+            "no_positive": sum(m["no_positive"] for m in metas),
+            "lost": sum(m.get("lost", 0) for m in metas)}
 
 
-def _write_failures(path: str, failures: list[dict[str, str]]) -> str | None:
+def write_failures(storage: Storage, rel: str, failures: list[dict[str, str]]) -> str | None:
+    """The failure rows (key, role, reason, detail, status) at ``rel``; None (and no file)
+    when there are none."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not failures:
-        if os.path.exists(path):
-            os.remove(path)
+        storage.remove(rel)
         return None
     cols = {c: pa.array([f[c] for f in failures], pa.string())
             for c in ("key", "role", "reason", "detail")}
     cols["status"] = pa.array(["failed"] * len(failures), pa.string())
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(pa.table(cols), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-# -------------------------------------------------------------------------- job
+    with storage.atomic_writer(rel) as f:
+        pq.write_table(pa.table(cols), f)
+    return storage.path(rel)
