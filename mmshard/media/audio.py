@@ -105,13 +105,66 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int, str]:
     return _decode_pyav(data)
 
 
+def _truncation(data: bytes) -> str | None:
+    """Why a WAV or Ogg file is shorter than its own structure declares, or None.
+
+    WAV: after a ``fmt `` chunk, the ``data`` chunk declares more bytes than the file
+    holds (sizes 0 and 0xFFFFFFFF mean "unknown, streamed" and are accepted).  Ogg: the
+    last page is cut, or no page carries the end-of-stream flag.  Anything malformed in
+    another way is left to the decoder (``undecodable_audio``).
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        pos, fmt = 12, False
+        while pos + 8 <= len(data):
+            cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+            have = len(data) - pos - 8
+            if cid == b"data":
+                if fmt and size not in (0, 0xFFFFFFFF) and have < size:
+                    return f"WAV data chunk declares {size} bytes, the file holds {have}"
+                return None
+            fmt = fmt or cid == b"fmt "
+            pos += 8 + size + (size & 1)
+        return None
+    if data[:4] == b"OggS":
+        pos, flags = 0, 0
+        while pos < len(data):
+            if data[pos:pos + 4] != b"OggS":
+                return None  # not a clean page sequence: the decoder decides
+            if pos + 27 > len(data):
+                return f"Ogg page at byte {pos} is cut"
+            nseg = data[pos + 26]
+            seg = data[pos + 27:pos + 27 + nseg]
+            end = pos + 27 + nseg + sum(seg)
+            if len(seg) < nseg or end > len(data):
+                return f"Ogg page at byte {pos} is cut ({len(data) - pos} of {end - pos} bytes)"
+            flags, pos = data[pos + 5], end
+        if not flags & 4:
+            return "Ogg stream has no end-of-stream page"
+    return None
+
+
+def _flac_declared_frames(data: bytes) -> int:
+    """Total samples in a FLAC STREAMINFO block (0 = unknown)."""
+    if data[:4] != b"fLaC" or len(data) < 8 + 18 or data[4] & 0x7F != 0:
+        return 0
+    return int.from_bytes(data[8 + 10:8 + 18], "big") & ((1 << 36) - 1)
+
+
 def process_audio(data: bytes, opts: AudioOptions) -> ProcessedMedia:
     """Validate one audio file; return the original or a FLAC re-encode with its facts.
 
-    Raises DataError with reason ``empty_file``, ``undecodable_audio``, ``empty_audio``,
+    Raises DataError with reason ``empty_file``, ``truncated`` (a WAV, Ogg or FLAC file
+    shorter than its header declares), ``undecodable_audio``, ``empty_audio``,
     ``too_short`` or ``too_long``.
     """
+    cut = _truncation(data)
+    if cut:
+        raise DataError("truncated", cut)
     x, sr, codec = decode_audio(data)
+    declared = _flac_declared_frames(data)
+    if declared and x.shape[0] < declared:
+        raise DataError("truncated", f"FLAC decodes to {x.shape[0]} frames, its header "
+                                     f"declares {declared}")
     if x.shape[0] == 0 or sr <= 0:
         raise DataError("empty_audio", "audio has no frames")
     if not np.isfinite(x).all():
