@@ -196,3 +196,60 @@ def test_units_from_a_mel_codebook_recompute_the_mel_feature(dataset, tmp_path):
     prov = json.loads((dataset / "units" / "index.json").read_text())["provenance"]
     assert prov["feature"]["tokenizer"] == "whisper_mel"
     assert prov["feature"]["layout"] == "bins_frames"
+
+
+def _mel_shard(root):
+    ds = open_dataset(str(root))
+    man = pq.read_table(os.path.join(root, "manifest.parquet")).to_pylist()
+    audio = {r["shard"] for r in man if r["modality"] == "audio"}
+    return next(sh for sh in ds.index.shards if sh.url.rsplit("/", 1)[-1][:-4] in audio), man
+
+
+def test_truncated_base_shard_gives_failed_rows_not_a_stopped_job(dataset):
+    sh, man = _mel_shard(dataset)
+    path = os.path.join(dataset, sh.url)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    r = tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
+    name = sh.url.rsplit("/", 1)[-1][:-4]
+    rows = [x for x in pq.read_table(dataset / "mel" / "ledger.parquet").to_pylist()
+            if x["shard"] == name]
+    unreadable = [x for x in rows if x["reason"] == "unreadable_shard"]
+    assert unreadable and all("truncated" in x["detail"] for x in unreadable)
+    # every sample of the shard has exactly one row: read ones ok/skipped, the rest failed
+    assert sorted(x["key"] for x in rows) == sorted(m["key"] for m in man if m["shard"] == name)
+    assert r.stats["mel"]["failures_by_reason"]["unreadable_shard"] == len(unreadable)
+    assert r.stats["mel"]["ok"] >= 1  # the other shards were tokenized
+
+
+def test_sidecar_index_names_the_base_shard_sha256(dataset):
+    tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
+    base = json.loads((dataset / "index.json").read_text())["shardlist"]
+    side = json.loads((dataset / "mel" / "index.json").read_text())["shardlist"]
+    assert [s["base_sha256"] for s in side] == [s["sha256"] for s in base]
+    assert all("base_sha256" not in s for s in base)
+
+
+class _LoseFirst(LocalExecutor):
+    """Reports the first task as lost, as the Ray executor does for a worker that died on
+    every attempt (the real kill is exercised for ingest and mine)."""
+
+    def imap_unordered(self, fn, args, max_in_flight=None):
+        from mmshard.pipelines.executor import TaskLost
+
+        for i, a in enumerate(args):
+            yield i, (TaskLost(RuntimeError("worker died")) if i == 0 else fn(a))
+
+
+def test_lost_transform_task_becomes_worker_lost_rows_and_a_rerun_recomputes_it(dataset):
+    r = tokenize(str(dataset), {"mel": {}}, executor=_LoseFirst(1))
+    first = open_dataset(str(dataset)).index.shards[0].url.rsplit("/", 1)[-1][:-4]
+    man = pq.read_table(dataset / "manifest.parquet").to_pylist()
+    lost = [x for x in pq.read_table(dataset / "mel" / "ledger.parquet").to_pylist()
+            if x["reason"] == "worker_lost"]
+    assert sorted(x["key"] for x in lost) == sorted(m["key"] for m in man
+                                                    if m["shard"] == first)
+    assert r.stats["mel"]["failures_by_reason"] == {"worker_lost": len(lost)}
+    r2 = tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
+    assert r2.stats["mel"]["failed"] == 0 and r2.stats["mel"]["ok"] == 5
