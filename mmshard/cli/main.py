@@ -20,18 +20,24 @@ commands:
   embed    embeddings of a field as a sidecar           (mmshard embed ds --encoder hashing ...)
   mine     FAISS hard negatives                         (mmshard mine --queries q --out n.parquet)
   demo     the whole pipeline on a generated corpus     (mmshard demo /tmp/mmshard-demo)
+  dedup    near-duplicate sets and a keep-list          (mmshard dedup ds --method phash)
+  audit    leakage across splits / against an eval set  (mmshard audit ds --against eval)
+  report   self-contained HTML report                   (mmshard report ds --out r.html)
 Run `mmshard <command> --help` for its options and examples.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import (
+        audit_cmd,
         clips_cmd,
+        dedup_cmd,
         demo_cmd,
         embed_cmd,
         ingest_cmd,
         inspect_cmd,
         mine_cmd,
+        report_cmd,
         tokenize_cmd,
         vq_cmd,
     )
@@ -49,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed_cmd.add_parser(sub)
     _add_mine(sub, mine_cmd)
     demo_cmd.add_parser(sub)
+    dedup_cmd.add_parser(sub)
+    audit_cmd.add_parser(sub)
+    report_cmd.add_parser(sub)
     return p
 
 
