@@ -127,7 +127,8 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     """Write manifest, ledger, index and stats from the part records; return the stats.
 
     ``labels`` (an ingest ``LabelVocab``) is written to ``labels.json`` and summarised in
-    ``index.json`` (``provenance.labels``).
+    ``index.json`` (``provenance.labels``).  ``provenance.layouts`` maps each field set
+    to its shards (every shard holds one field set: see ingest/layout.py).
 
     ``shard_round``/``latest_round`` describe ``--retry-failed`` rounds: a ledger row of
     a shard from round r is dropped when its key was retried in a later round, so every
@@ -153,6 +154,7 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     groups: dict[str, set[str]] = {}
     fields: set[str] = set()
     modalities: Counter[str] = Counter()
+    layouts: dict[str, list[str]] = {}  # field set -> its shards (README: readers)
     with ParquetSink(storage, "manifest.parquet", manifest_schema) as man, \
             ParquetSink(storage, "ledger.parquet", ledger_schema) as led:
         for p in parts():  # one pass over the part records: bounded memory, one read each
@@ -176,6 +178,8 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
                 modalities[row["modality"]] += 1
             if p.get("url"):
                 sp["shards"] += 1
+                lay = ",".join(sorted({f for r in p["manifest"] for f in r["fields"].split(",")}))
+                layouts.setdefault(lay, []).append(p["url"])
                 shard_infos.append(ShardInfo(
                     url=p["url"], split=p["split"], nsamples=p["nsamples"],
                     filesize=p["filesize"], sha256=p["sha256"],
@@ -190,7 +194,7 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
         totals[r["status"]] += 1
         if r["status"] == "failed":
             failures[r["reason"]] += 1
-    provenance: dict[str, Any] = {}
+    provenance: dict[str, Any] = {"layouts": dict(sorted(layouts.items()))}
     if labels is not None:
         storage.write_bytes("labels.json", labels.to_json())
         provenance["labels"] = labels.summary()
