@@ -36,6 +36,7 @@ from ...errors import ConfigError, DataError
 from ...samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMeta
 from ...samplers.mixing import Mixing
 from ...samplers.order import EpochOrder
+from .cache import CacheConfig, cache_stats, prefetch_batches, with_cache
 from .decode import DecodeConfig, collate, decode_sample
 from .plan import EpochPlanner
 from .source import (
@@ -168,7 +169,8 @@ class _BatchWork:
             pos |= ids[:, None] == ids[None, :]
             batch["__neg_mask__"] = neg
             batch["__pos_mask__"] = pos
-        batch["__stats__"] = {"skipped": sum(errors.values()), "errors": dict(errors)}
+        batch["__stats__"] = {"skipped": sum(errors.values()), "errors": dict(errors),
+                              "cache": cache_stats(self)}
         return batch
 
     def _sources(self, ids: np.ndarray) -> np.ndarray:
@@ -189,7 +191,10 @@ class Loader:
     ``stats``; ``"raise"`` stops with a DataError naming the shard and key.
     ``pin_memory=None`` pins when CUDA is available; ``device="cuda"`` copies each
     batch on a side stream one batch ahead.  ``len(loader)`` is the number of batches
-    this rank yields per epoch.  Changing ``world_size`` between ``state_dict`` and
+    this rank yields per epoch.  ``cache_dir`` (with ``cache_limit``, e.g. ``"20GB"``)
+    reads a remote dataset (``s3://...``) through a local shard cache shared by workers
+    and ranks, fetching the next shards in plan order (see :mod:`.cache`); cache counters
+    are in ``stats["cache"]``.  Changing ``world_size`` between ``state_dict`` and
     ``load_state_dict`` continues the epoch with no sample lost or repeated (single
     dataset).
     """
@@ -202,7 +207,8 @@ class Loader:
                  stratify: bool = False, samples_per_epoch: int | None = None,
                  batching: Batching | None = None, decode: DecodeConfig | None = None,
                  on_error: str = "raise", pin_memory: bool | None = None, prefetch: int = 2,
-                 device: str | None = None) -> None:
+                 device: str | None = None, cache_dir: str | None = None,
+                 cache_limit: int | str = "20GB") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -219,6 +225,9 @@ class Loader:
         if not srcs:
             raise ConfigError("Loader needs at least one dataset")
         self.sources = [resolve_source(s, split=split) for s in srcs]
+        if cache_dir is not None:  # remote shards are read from a local cache (stream/cache.py)
+            cfg = CacheConfig(cache_dir=cache_dir, cache_limit=cache_limit)
+            self.sources = [with_cache(r, s, cfg) for r, s in zip(self.sources, srcs, strict=True)]
         mixing = None
         if len(self.sources) > 1 or weights is not None:
             w = tuple(weights) if weights is not None else (1.0,) * len(self.sources)
@@ -250,7 +259,8 @@ class Loader:
         self._done = 0
         self._segments: list[tuple[int, int]] = []
         self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "padded": 0, "skipped": 0,
-                                      "errors": {}, "time_to_first_batch_s": None}
+                                      "errors": {}, "time_to_first_batch_s": None,
+                                      "cache": {}}
 
     # -- plan and position ---------------------------------------------------------------
     def _plan(self) -> list[PlannedBatch]:
@@ -313,6 +323,7 @@ class Loader:
     def _fetch(self, plan: list[PlannedBatch], start: int) -> Iterator[dict[str, Any]]:
         if self.num_workers == 0:
             for i in range(start, len(plan)):
+                prefetch_batches(self._work, plan, i)
                 yield self._work.load(plan[i])
             return
         import torch
@@ -361,6 +372,8 @@ class Loader:
             self.stats["skipped"] += st["skipped"]
             for k, v in st["errors"].items():
                 self.stats["errors"][k] = self.stats["errors"].get(k, 0) + v
+            for k, v in st.get("cache", {}).items():
+                self.stats["cache"][k] = self.stats["cache"].get(k, 0) + v
             yield batch
 
 

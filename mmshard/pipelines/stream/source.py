@@ -22,6 +22,7 @@ sidecar fields by key.  Readers hold open files, so each worker process builds i
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 
 from ...dataset import open_dataset
 from ...errors import ConfigError, ShardError
+from ...keys import KEY_RE
 from ...samplers.batching import SampleMeta
 from ...storage import open_input
 from ...tario import index_tar
@@ -80,6 +82,8 @@ class ResolvedSource:
     counts: tuple[int, ...]
     sidecars: dict[str, tuple[str, ...]]
     meta: SampleMeta
+    root: str | None = None  # the dataset folder (None for plain shard lists)
+    fields: tuple[str, ...] = ()  # tar fields the samples may hold (() = unknown)
     storage_options: dict | None = None
     cache: Any = None  # a stream.cache.ShardCache: remote shards are read from local copies
 
@@ -89,7 +93,16 @@ class ResolvedSource:
 
 
 class TarIndex:
-    """Member offsets of one tar, grouped by sample in tar order."""
+    """Member offsets of one tar, grouped by sample in tar order.
+
+    A damaged tar (truncated, corrupt header, refused member names) is indexed by
+    :func:`salvage_index`: ``damage`` says what is wrong, ``keys`` holds the readable
+    samples before the damage, ``tainted`` maps the position of a sample that held a
+    refused member to the reason.
+    """
+
+    damage: str | None = None
+    tainted: dict[int, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     def __init__(self, keys: list[str], members: list[dict[str, tuple[int, int]]]) -> None:
         self.keys = keys
@@ -147,7 +160,11 @@ class ShardReader:
         if idx is None:
             f = self._file(url)
             f.seek(0)
-            idx = self._index[url] = TarIndex.scan(f, url)
+            try:
+                idx = TarIndex.scan(f, url)
+            except ShardError as e:  # keep what is readable; reads past it raise
+                idx = salvage_index(f, url, e)
+            self._index[url] = idx
         return idx
 
     def _read_members(self, url: str, members: dict[str, tuple[int, int]], key: str
@@ -172,7 +189,16 @@ class ShardReader:
         if offset >= len(idx.keys):
             raise ShardError(f"{url} has {len(idx.keys)} samples, index.json says "
                              f"{self.source.counts[shard]}: the index is stale")
+        if offset >= len(idx.keys) and idx.damage is not None:
+            want = self._want(shard, offset)
+            raise _reason(ShardError(
+                f"shard {url} is damaged ({idx.damage}): sample {offset}"
+                f"{f' (key {want!r})' if want else ''} cannot be read; its first "
+                f"{len(idx.keys)} samples can (on_error='skip' serves them)"), "unreadable_shard")
         key = idx.keys[offset]
+        if offset in idx.tainted:
+            raise _reason(ShardError(f"sample {key!r} of shard {url} refused: "
+                                     f"{idx.tainted[offset]}"), "unsafe_member")
         meta_keys = self.source.meta.keys
         if meta_keys is not None:
             want = str(meta_keys[self._global(shard, offset)])
@@ -187,11 +213,15 @@ class ShardReader:
             sidx = self.index(surl)
             pos = offset if offset < len(sidx.keys) and sidx.keys[offset] == key \
                 else sidx.position(key)
-            if pos is None:
-                raise ShardError(f"sidecar {surl} has no sample {key!r}: re-run the transform")
+            if pos is None:  # the transform skipped it (no caption ...): field absent (C6)
+                continue
             for fld, data in self._read_members(surl, sidx.members[pos], key).items():
                 sample.setdefault(fld, data)
         return sample
+
+    def _want(self, shard: int, offset: int) -> str | None:
+        keys = self.source.meta.keys
+        return None if keys is None else str(keys[self._global(shard, offset)])
 
     def _global(self, shard: int, offset: int) -> int:
         starts = getattr(self, "_starts", None)
@@ -203,6 +233,75 @@ class ShardReader:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def _reason(e: ShardError, reason: str) -> ShardError:
+    e.reason = reason  # type: ignore[attr-defined]  # the loader counts skips by reason
+    return e
+
+
+def _member_problem(name: str, seen: set[str], current: str | None) -> tuple[str, str] | str:
+    """``(key, field)`` of a trusted member name, else why it is refused."""
+    key, dot, fld = name.partition(".")
+    if "/" in name or ".." in name or not dot or not fld or not KEY_RE.match(key):
+        return f"member {name!r} has an unsafe name (C3: <key>.<field>, key [A-Za-z0-9_-]+)"
+    if key != current and key in seen:
+        return f"member {name!r} repeats key {key!r} apart from its other members"
+    return key, fld
+
+
+def salvage_index(f: IO[bytes], url: str, error: Exception | None = None) -> TarIndex:
+    """Index what is readable of a damaged tar: the samples before a truncation or
+    corrupt header (a sample with a member cut short is dropped), without members
+    whose names are refused; a sample that held a refused member is ``tainted`` (the
+    member is attributed to the sample open before it, else the next one).
+
+    >>> import io
+    >>> salvage_index(io.BytesIO(b"\\0" * 100), "x.tar").damage
+    'truncated header'
+    """
+    import tarfile
+
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(0)
+    keys: list[str] = []
+    members: list[dict[str, tuple[int, int]]] = []
+    tainted: dict[int, str] = {}
+    orphan: str | None = None
+    damage: str | None = None
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                if info.offset_data + info.size > size:
+                    damage = f"member {info.name!r} is cut short"
+                    if keys and keys[-1] == info.name.partition(".")[0]:
+                        keys.pop()
+                        members.pop()
+                        tainted.pop(len(keys), None)
+                    break
+                got = _member_problem(info.name, set(keys[:-1]), keys[-1] if keys else None)
+                if isinstance(got, str):
+                    if keys:
+                        tainted.setdefault(len(keys) - 1, got)
+                    else:
+                        orphan = orphan or got
+                    continue
+                key, fld = got
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+                    members.append({})
+                    if orphan is not None:
+                        tainted[len(keys) - 1], orphan = orphan, None
+                members[-1][fld] = (info.offset_data, info.size)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        damage = str(e) or type(e).__name__
+    idx = TarIndex(keys, members)
+    idx.tainted = tainted
+    idx.damage = damage or (str(error) if error is not None and not tainted else None)
+    return idx
 
 
 def resolve_source(src: DatasetSource | ShardListSource | str, *, split: str | None = "train"
@@ -261,10 +360,46 @@ def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
             if src.field_sets is None:
                 continue  # a partial sidecar set is joined only when asked for
             raise ShardError(f"sidecar {name!r} lacks shards {missing[:3]}: run its transform")
+        _check_provenance(ds, name, side[name], shards)
         sidecars[name] = tuple(ds.shard_url(s, name) for s in shards)
     meta = _manifest_meta(ds, shards)
     return ResolvedSource(name=ds.index.name or ds.root, urls=urls, counts=counts,
-                          sidecars=sidecars, meta=meta, storage_options=src.storage_options)
+                          sidecars=sidecars, meta=meta, storage_options=src.storage_options,
+                          root=ds.root, fields=tuple(sorted({*ds.index.fields, *(
+                              f for n in sidecars for f in side[n].fields)})))
+
+
+def _check_provenance(ds: Any, name: str, side: Any, shards: Sequence[Any]) -> None:
+    """C2: a sidecar shard made from other base bytes than today's is refused."""
+    made_from = {s.url.rsplit("/", 1)[-1]: getattr(s, "base_sha256", None)
+                 for s in side.shards}
+    unknown = []
+    for s in shards:
+        base = s.url.rsplit("/", 1)[-1]
+        got = made_from.get(base)
+        if not got or not s.sha256:
+            unknown.append(base)
+        elif got != s.sha256:
+            raise ShardError(
+                f"sidecar field set {name!r} of {ds.root} is stale for shard {s.url}: it was "
+                f"computed from base bytes {got[:12]}..., the shard now has "
+                f"{s.sha256[:12]}...; re-run its transform (mmshard tokenize/embed "
+                f"--overwrite) or leave it out (DatasetSource(field_sets=...))")
+    if unknown:
+        warnings.warn(f"sidecar field set {name!r} of {ds.root} records no base_sha256 for "
+                      f"{len(unknown)} shard(s) (made by an older mmshard?): it cannot be "
+                      "checked against the base shards", stacklevel=4)
+
+
+def manifest_rows(src: ResolvedSource) -> list[dict[str, Any]]:
+    """The manifest row of each sample of a dataset source, in global id order."""
+    keys = src.meta.keys
+    if src.root is None or keys is None:
+        raise ConfigError(f"source {src.name!r} has no manifest.parquet with keys: a filter "
+                          "on manifest rows needs a dataset folder")
+    by_key = {str(r["key"]): r for r in open_dataset(src.root, src.storage_options)
+              .read_table("manifest").to_pylist()}
+    return [by_key[str(k)] for k in keys.tolist()]
 
 
 def _manifest_meta(ds: Any, shards: Sequence[Any]) -> SampleMeta:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch.utils.data as tud
 
+from .cache import prefetch_batches
+
 __all__ = ["PlannedBatches"]
 
 
@@ -27,4 +29,5 @@ class PlannedBatches(tud.IterableDataset):
         info = tud.get_worker_info()
         w, nw = (0, 1) if info is None else (info.id, info.num_workers)
         for i in range(self.start + w, len(self.plan), nw):
+            prefetch_batches(self.work, self.plan, i, nw)  # remote shards: fetch ahead
             yield i, self.work.load(self.plan[i])

@@ -1,0 +1,488 @@
+"""A local shard cache for training from object storage (``s3://``, ``gs://`` ...).
+
+Whole shards (and their sidecar shards) are downloaded into ``cache_dir`` before they
+are read, so a sample read is a local seek instead of a range request.  Many processes
+share one cache: DataLoader workers of one rank and several ranks on one node.
+
+Layout under ``cache_dir``::
+
+    data/<h>-<name>.tar          complete, verified shards (``<h>``: hash of the URL)
+    data/<h>-<name>.tar.tmp-*    downloads in progress (renamed when complete)
+    meta/<h>-<name>.tar.json     size, sha256, inode and mtime of the verified file
+    pins/<h>-<name>.tar          readers hold a shared ``flock`` while the shard is open;
+                                 its mtime is the shard's last use (LRU)
+    locks/<h>-<name>.tar         one downloader per shard (exclusive ``flock``)
+    .lock                        eviction (exclusive ``flock``)
+    journal.log                  one line per fetch and eviction (pid, url)
+
+- Downloads are atomic: temp file, sha256 checked against ``index.json`` while it is
+  written, fsync, rename.  A cached file whose size, inode or mtime differ from its
+  record (a partial copy, an edit, a truncation) is not trusted and is fetched again;
+  ``verify="sha256"`` also re-hashes each file the first time a process uses it.
+- Eviction: least recently used whole shards go first until the new shard fits under
+  ``cache_limit``.  A shard a reader has open is pinned (shared lock) and never evicted;
+  a reader takes its pin *before* it checks and opens the file, so it never meets a
+  half-evicted shard (no ``FileNotFoundError`` races).  When pinned shards alone exceed
+  the limit the cache goes over it (counted in ``over_limit``) rather than stall.
+- Prefetch: the loader hands the cache the shards of a worker's next batches (plan
+  order); two threads per process fetch them while the current ones are read.
+
+>>> cfg = CacheConfig(cache_dir="/tmp/c", cache_limit="20GB")
+>>> cfg.limit_bytes
+20000000000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from ...errors import ConfigError, ShardError
+from ...storage import is_url
+
+__all__ = ["CacheConfig", "ShardCache", "parse_size", "prefetch_batches", "with_cache"]
+
+log = logging.getLogger(__name__)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+VERIFY = ("stat", "sha256")
+_CHUNK = 8 << 20
+
+
+def parse_size(value: int | str) -> int:
+    """``"20GB"`` -> 20_000_000_000; ``"512MiB"``, ``"1.5gb"`` and ints work too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ConfigError(f"cache_limit {value!r} is not a size: use bytes or a number "
+                              f"with one of {', '.join(u for u in _UNITS if u)} (e.g. '20GB')")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n < 1:
+        raise ConfigError(f"cache_limit must be > 0 bytes, got {value!r}")
+    return n
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """Where and how big the shard cache is.
+
+    prefetch: batches of a worker's plan looked ahead for shards to fetch;
+    threads: prefetch threads per process; max_open: cached shards a reader keeps open
+    (and so pinned) at once.
+    """
+
+    cache_dir: str
+    cache_limit: int | str = "20GB"
+    prefetch: int = 8
+    threads: int = 2
+    max_open: int = 4
+    verify: str = "stat"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", os.path.abspath(self.cache_dir))
+        if self.verify not in VERIFY:
+            raise ConfigError(f"verify must be one of {', '.join(VERIFY)}, got {self.verify!r}")
+        for name in ("threads", "max_open"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+        parse_size(self.cache_limit)
+
+    @property
+    def limit_bytes(self) -> int:
+        return parse_size(self.cache_limit)
+
+
+@contextlib.contextmanager
+def _flock(path: str, mode: int) -> Iterator[int]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+class _PinnedFile:
+    """A cached shard opened for reading; closing it releases the pin."""
+
+    def __init__(self, f: IO[bytes], pin_fd: int) -> None:
+        self._f = f
+        self._pin = pin_fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        if self._pin >= 0:
+            self._f.close()
+            os.close(self._pin)
+            self._pin = -1
+
+    def __enter__(self) -> _PinnedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ShardCache:
+    """The cache for the shards of one remote source (pickles into workers as config).
+
+    ``expected``: url -> (size, sha256) from index.json (sha256 "" when unknown).
+    """
+
+    def __init__(self, config: CacheConfig, expected: dict[str, tuple[int, str]],
+                 storage_options: dict | None = None) -> None:
+        self.config = config
+        self.expected = dict(expected)
+        self.storage_options = dict(storage_options or {})
+        self.limit = config.limit_bytes
+        for sub in ("data", "meta", "pins", "locks"):
+            os.makedirs(os.path.join(config.cache_dir, sub), exist_ok=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._pool: ThreadPoolExecutor | None = None
+        self._asked: set[str] = set()
+        self._verified: set[str] = set()
+        self._lock = threading.Lock()
+        self._stats: Counter[str] = Counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "expected": self.expected,
+                "storage_options": self.storage_options}
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__init__(d["config"], d["expected"], d["storage_options"])  # type: ignore[misc]
+
+    # -- names ---------------------------------------------------------------------------
+    def name(self, url: str) -> str:
+        return hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1]
+
+    def _p(self, sub: str, name: str, ext: str = "") -> str:
+        return os.path.join(self.config.cache_dir, sub, name + ext)
+
+    def path(self, url: str) -> str:
+        """Where ``url`` lives in the cache (it may not be there)."""
+        return self._p("data", self.name(url))
+
+    # -- stats ---------------------------------------------------------------------------
+    def _count(self, **kw: float) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self._stats[k] += v
+
+    def take_stats(self) -> dict[str, float]:
+        """Counters since the last call (hits, misses, bytes_downloaded, wait_s, ...)."""
+        with self._lock:
+            out = dict(self._stats)
+            self._stats.clear()
+        return out
+
+    def _journal(self, what: str, url: str) -> None:
+        line = f"{time.time():.6f} {os.getpid()} {what} {url}\n".encode()
+        fd = os.open(os.path.join(self.config.cache_dir, "journal.log"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # O_APPEND: one write per line, never interleaved
+        finally:
+            os.close(fd)
+
+    # -- validity ------------------------------------------------------------------------
+    def _valid(self, url: str) -> bool:
+        name = self.name(url)
+        try:
+            st = os.stat(self._p("data", name))
+            with open(self._p("meta", name, ".json"), "rb") as f:
+                rec = json.loads(f.read())
+        except (OSError, ValueError):
+            return False
+        size, sha = self.expected.get(url, (-1, ""))
+        if (st.st_size, st.st_ino, st.st_mtime_ns) != (rec["size"], rec["ino"], rec["mtime_ns"]) \
+                or (sha and rec["sha256"] != sha) or (size >= 0 and st.st_size != size):
+            self._distrust(url, "does not match its record")
+            return False
+        if self.config.verify == "sha256" and url not in self._verified:
+            if _sha256_file(self._p("data", name)) != rec["sha256"]:
+                self._distrust(url, "fails its sha256 check")
+                return False
+            self._verified.add(url)
+        return True
+
+    def _distrust(self, url: str, why: str) -> None:
+        """Drop the record of a bad cached file (so it is counted once and refetched);
+        readers that have it open keep their handle."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._p("meta", self.name(url), ".json"))
+            self._count(corrupt=1)
+            self._journal("corrupt", url)
+            log.warning("cached %s %s: fetching it again", url, why)
+
+    # -- the read path -------------------------------------------------------------------
+    def open(self, url: str) -> IO[bytes]:
+        """Open ``url`` from the cache, downloading it first when needed; pinned until
+        closed."""
+        self._after_fork()
+        name = self.name(url)
+        t0 = time.perf_counter()
+        fetched = False
+        for _ in range(5):
+            pin = os.open(self._p("pins", name), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(pin, fcntl.LOCK_SH)
+            if self._valid(url):
+                try:
+                    f = open(self._p("data", name), "rb")
+                except FileNotFoundError:  # cannot happen while pinned; be safe anyway
+                    os.close(pin)
+                    continue
+                os.utime(self._p("pins", name))
+                self._count(**({"misses": 1} if fetched else {"hits": 1}),
+                            wait_s=time.perf_counter() - t0)
+                return _PinnedFile(f, pin)  # type: ignore[return-value]
+            os.close(pin)
+            self.ensure(url)
+            fetched = True
+        raise ShardError(f"cannot keep {url} in the cache {self.config.cache_dir}: it was "
+                         "evicted five times before it could be opened; raise cache_limit")
+
+    def ensure(self, url: str) -> str:
+        """Make ``url`` present and verified in the cache; return its local path."""
+        name = self.name(url)
+        if self._valid(url):
+            return self._p("data", name)
+        with _flock(self._p("locks", name), fcntl.LOCK_EX):  # one downloader per shard
+            if self._valid(url):  # another process fetched it while we waited
+                return self._p("data", name)
+            size, _ = self.expected.get(url, (-1, ""))
+            self._evict(need=max(size, 0), keep=name)
+            for attempt in (1, 2):
+                try:
+                    self._download(url, name)
+                    break
+                except ShardError:
+                    if attempt == 2:
+                        raise
+                    log.warning("download of %s failed its check; trying once more", url)
+        return self._p("data", name)
+
+    def _download(self, url: str, name: str) -> None:
+        import fsspec
+
+        t0 = time.perf_counter()
+        final = self._p("data", name)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
+        h = hashlib.sha256()
+        n = 0
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
+            fs.get_file(path, tmp)  # one streamed GET (no HEAD, no range requests)
+            with open(tmp, "rb+") as out:
+                while chunk := out.read(_CHUNK):
+                    h.update(chunk)
+                    n += len(chunk)
+                os.fsync(out.fileno())
+            size, sha = self.expected.get(url, (-1, ""))
+            if (sha and h.hexdigest() != sha) or (size >= 0 and n != size):
+                raise ShardError(f"downloaded {url} has {n} bytes and sha256 {h.hexdigest()}"
+                                 f", index.json says {size} bytes and {sha}: the remote "
+                                 "dataset changed or is corrupt (run `mmshard verify`)")
+            st = os.stat(tmp)
+            rec = {"url": url, "size": n, "sha256": h.hexdigest(), "ino": st.st_ino,
+                   "mtime_ns": st.st_mtime_ns}
+            meta = self._p("meta", name, ".json")
+            with open(meta + ".tmp", "w") as f:
+                json.dump(rec, f)
+            os.replace(meta + ".tmp", meta)
+            os.replace(tmp, final)  # the data last: a record without data is not trusted
+        except OSError as e:
+            raise ShardError(f"cannot download {url} into the cache: {e}") from e
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        with open(self._p("pins", name), "ab"):
+            pass
+        os.utime(self._p("pins", name))  # a fresh shard is the most recently used
+        self._verified.add(url)
+        self._journal("fetch", url)
+        self._count(downloads=1, bytes_downloaded=n, download_s=time.perf_counter() - t0)
+
+    # -- eviction ------------------------------------------------------------------------
+    def _evict(self, need: int, keep: str) -> None:
+        """Delete least recently used, unpinned shards until ``need`` more bytes fit."""
+        d = self._p("data", "")
+        with _flock(os.path.join(self.config.cache_dir, ".lock"), fcntl.LOCK_EX):
+            entries = []
+            total = 0
+            for e in os.scandir(d):
+                if ".tmp-" in e.name:
+                    self._drop_stale_tmp(e.path, e.name.split(".tmp-", 1)[0])
+                    continue
+                size = e.stat().st_size
+                total += size
+                try:
+                    used = os.stat(self._p("pins", e.name)).st_mtime
+                except FileNotFoundError:
+                    used = 0.0
+                entries.append((used, e.name, size))
+            entries.sort()
+            for _used, name, size in entries:
+                if total + need <= self.limit:
+                    break
+                if name == keep:
+                    continue
+                fd = os.open(self._p("pins", name), os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a reader has it open: pinned
+                    os.close(fd)
+                    continue
+                try:
+                    url = self._url_of(name)
+                    for p in (self._p("meta", name, ".json"), self._p("data", name)):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(p)
+                finally:
+                    os.close(fd)
+                total -= size
+                self._journal("evict", url)
+                self._count(evictions=1, bytes_evicted=size)
+            if total + need > self.limit:
+                self._count(over_limit=1)
+                log.info("shard cache %s over its limit (%d + %d > %d bytes): the rest is "
+                         "pinned by readers", self.config.cache_dir, total, need, self.limit)
+
+    def _url_of(self, name: str) -> str:
+        try:
+            with open(self._p("meta", name, ".json"), "rb") as f:
+                return json.loads(f.read())["url"]
+        except (OSError, ValueError, KeyError):
+            return name
+
+    def _drop_stale_tmp(self, path: str, name: str) -> None:
+        """A temp file whose downloader no longer holds the shard's lock is a leftover of
+        a killed process."""
+        fd = os.open(self._p("locks", name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # being downloaded right now
+        finally:
+            os.close(fd)  # closes (and unlocks) in both cases
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            self._count(stale_tmp_removed=1)
+
+    # -- prefetch ------------------------------------------------------------------------
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():  # a forked worker: no threads or sets of the parent
+            self._reset()
+
+    def prefetch(self, urls: Iterable[str]) -> None:
+        """Fetch ``urls`` in the background, in the order given (already cached: no-op)."""
+        self._after_fork()
+        new = [u for u in urls if u not in self._asked]
+        if not new:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.config.threads,
+                                            thread_name_prefix="mmshard-cache")
+        for u in new:
+            self._asked.add(u)
+            self._pool.submit(self._prefetch_one, u)
+
+    def _prefetch_one(self, url: str) -> None:
+        try:
+            self.ensure(url)
+        except Exception as e:  # the reader fetches it again and raises with context
+            log.warning("prefetch of %s failed: %s", url, e)
+            with self._lock:
+                self._asked.discard(url)
+
+    def usage(self) -> int:
+        """Bytes of complete shards in the cache now."""
+        d = self._p("data", "")
+        return sum(e.stat().st_size for e in os.scandir(d) if ".tmp-" not in e.name)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------- loader hooks
+def with_cache(resolved: Any, spec: Any, config: CacheConfig) -> Any:
+    """``resolved`` (a ResolvedSource) reading through a :class:`ShardCache` when its
+    shards are remote; local sources come back unchanged."""
+    if not resolved.urls or not is_url(resolved.urls[0]):
+        return resolved
+    expected: dict[str, tuple[int, str]] = {u: (-1, "") for u in resolved.urls}
+    root = spec if isinstance(spec, str) else getattr(spec, "root", None)
+    if root is not None:
+        from ...dataset import open_dataset
+
+        ds = open_dataset(root, resolved.storage_options)
+        for s in ds.index.shards:
+            expected[ds.shard_url(s)] = (s.filesize, s.sha256)
+        for fs_name, idx in ds.sidecars().items():
+            for s in idx.shards:
+                expected[ds.shard_url(s, fs_name)] = (s.filesize, s.sha256)
+    return dataclasses.replace(resolved, cache=ShardCache(config, expected,
+                                                         resolved.storage_options))
+
+
+def prefetch_batches(work: Any, plan: Sequence[Any], i: int, step: int = 1) -> None:
+    """Ask the caches of ``work``'s sources for the shards of batches ``i, i + step, ...``
+    (the next ``prefetch`` batches this worker decodes, in plan order).  No cache: no-op."""
+    caches = [getattr(r.source, "cache", None) for r in work.readers]
+    ahead = max((c.config.prefetch for c in caches if c is not None), default=0)
+    for pb in plan[i:i + step * (ahead + 1):step] if ahead else ():
+        shards = np.searchsorted(work.starts, pb.ids, side="right") - 1
+        for sh in dict.fromkeys(shards.tolist()):
+            cache = caches[work.owner[sh]]
+            if cache is not None:
+                src = work.readers[work.owner[sh]].source
+                j = work.local[sh]
+                cache.prefetch([src.urls[j], *(u[j] for u in src.sidecars.values())])
+
+
+def cache_stats(work: Any) -> dict[str, float]:
+    """Counters of every cache of ``work`` since the last call, summed."""
+    out: Counter[str] = Counter()
+    for r in work.readers:
+        cache = getattr(r.source, "cache", None)
+        if cache is not None:
+            out.update(cache.take_stats())
+    return dict(out)
