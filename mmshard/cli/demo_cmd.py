@@ -104,7 +104,7 @@ def _tokenize(args, dataset: str, executor) -> None:
     r = tokenize(dataset, {"mel": {}, "spectral": {}, "mfcc": {}, "keyframes": {}},
                  executor=executor, overwrite=True, progress=not args.no_progress)
     cb = os.path.join(dataset, "units32.safetensors")
-    info = fit_codebook(dataset, "mfcc", k=32, out=cb)
+    info = fit_codebook(dataset, cb, field="mfcc", k=32).stats
     r2 = tokenize(dataset, {"units": {"codebook_path": cb, "frame_rate_reduction": 4}},
                   executor=executor, overwrite=True, progress=not args.no_progress)
     stats = {**r.stats, **r2.stats}

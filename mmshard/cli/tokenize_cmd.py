@@ -118,8 +118,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
 def run_fit(args: argparse.Namespace) -> int:
     from ..pipelines.train.codebook import fit_codebook
 
-    info = fit_codebook(args.dataset, args.field, k=args.k, out=args.out, patch=args.patch,
+    info = fit_codebook(args.dataset, args.out, field=args.field, k=args.k, patch=args.patch,
                         pca_dim=args.pca_dim, max_vectors=args.max_vectors, niter=args.niter,
                         seed=args.seed)
-    print(json.dumps(info, indent=1, default=str))
+    print(json.dumps(info.stats, indent=1, default=str))
     return 0

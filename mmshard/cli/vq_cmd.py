@@ -72,12 +72,12 @@ def model_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..pipelines.train.vqvae import summary_path, train_vq
 
-    summary = train_vq(args.dataset, k=args.k, steps=args.steps, out=args.out,
+    summary = train_vq(args.dataset, args.out, k=args.k, steps=args.steps,
                        image_size=args.image_size, batch_size=args.batch_size,
                        seed=args.seed, device=None if args.device == "auto" else args.device,
                        split=None if args.split == "all" else args.split,
                        model=model_options(args), num_workers=args.workers,
-                       log_every=args.log_every, progress=not args.no_progress)
+                       log_every=args.log_every, progress=not args.no_progress).stats
     brief = {k: summary[k] for k in ("checkpoint", "device", "steps", "epochs", "skipped",
                                      "seconds", "first", "last", "usage")}
     brief["summary"] = summary_path(args.out)

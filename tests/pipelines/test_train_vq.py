@@ -54,8 +54,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("vq") / "vq32.safetensors")
-    summary = train_vq(str(dataset), k=32, steps=30, out=out, image_size=32, batch_size=8,
-                       seed=0, device="cpu", model=MODEL)
+    summary = train_vq(str(dataset), out=out, k=32, steps=30, image_size=32, batch_size=8,
+                       seed=0, device="cpu", model=MODEL).stats
     return out, summary
 
 

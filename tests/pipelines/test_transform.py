@@ -128,7 +128,7 @@ def test_unknown_field_set_or_option_fails_before_work(dataset):
 def test_units_from_a_fitted_mfcc_codebook(dataset, tmp_path):
     tokenize(str(dataset), {"mfcc": {}}, executor=LocalExecutor(1))
     cb = tmp_path / "units.safetensors"
-    info = fit_codebook(str(dataset), "mfcc", k=16, out=str(cb), seed=0)
+    info = fit_codebook(str(dataset), str(cb), field="mfcc", k=16, seed=0).stats
     assert info["k"] == 16 and info["vectors"] > 100
     tokenize(str(dataset), {"units": {"codebook_path": str(cb), "frame_rate_reduction": 2}},
              executor=LocalExecutor(1))
@@ -139,7 +139,7 @@ def test_units_from_a_fitted_mfcc_codebook(dataset, tmp_path):
     assert ids.dtype == np.int16 and len(ids) == -(-frames // 2)
     assert ids.min() >= 0 and ids.max() < 16
     again = tmp_path / "units2.safetensors"
-    fit_codebook(str(dataset), "mfcc", k=16, out=str(again), seed=0)
+    fit_codebook(str(dataset), str(again), field="mfcc", k=16, seed=0)
     from mmshard.tokenizers.codebook import Codebook
 
     np.testing.assert_array_equal(Codebook.load(again).centroids,  # deterministic per seed
@@ -188,7 +188,7 @@ def test_units_from_a_mel_codebook_recompute_the_mel_feature(dataset, tmp_path):
     """`fit-codebook --field mel` (stored [bins, frames]) then units: same frame count."""
     tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
     cb = tmp_path / "mel_units.npz"
-    fit_codebook(str(dataset), "mel", k=8, out=str(cb), seed=1)
+    fit_codebook(str(dataset), str(cb), field="mel", k=8, seed=1)
     tokenize(str(dataset), {"units": {"codebook_path": str(cb)}}, executor=LocalExecutor(1))
     mel = np.load(io.BytesIO(sidecar(dataset, "mel")["speech__u3"]["mel.npy"]))
     ids = np.load(io.BytesIO(sidecar(dataset, "units")["speech__u3"]["units.npy"]))

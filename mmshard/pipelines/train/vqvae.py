@@ -15,9 +15,9 @@ encoding up to ``usage_images`` training images with the final model.  Tokenize 
 ``mmshard tokenize DATASET --fields vqvae --option vqvae.path=OUT
 --option vqvae.image_size=N``.
 
->>> summary = train_vq("data/photos", k=1024, steps=2000,           # doctest: +SKIP
-...                    out="vq1024.safetensors", image_size=64)
->>> summary["usage"]["used_fraction"]                                # doctest: +SKIP
+>>> r = train_vq("data/photos", "vq1024.safetensors", k=1024, steps=2000,
+...              image_size=64)                                   # doctest: +SKIP
+>>> r.stats["usage"]["used_fraction"]                              # doctest: +SKIP
 0.93
 """
 
@@ -35,8 +35,10 @@ import numpy as np
 
 from ..._registry import config_from_dict, config_to_dict
 from ...errors import ConfigError, DataError
+from ..artifacts import save_artifact, split_path
+from ..result import JobResult
 
-__all__ = ["TrainVQConfig", "summary_path", "train_vq"]
+__all__ = ["TrainVQConfig", "TrainVQResult", "summary_path", "train_vq"]
 
 SUFFIX = ".safetensors"
 # VQVAEConfig fields a user may set through ``model``; k and batch_size have their own
@@ -167,23 +169,28 @@ def _usage(model: Any, images: list[np.ndarray], k: int) -> dict[str, Any]:
             "perplexity": round(perplexity, 4)}
 
 
-def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64,
-             batch_size: int = 32, seed: int = 0, device: str | None = "cpu",
-             split: str | None = "train", model: Mapping[str, Any] | None = None,
-             num_workers: int = 0, log_every: int | None = None, usage_images: int = 512,
-             progress: bool = False, storage_options: dict | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainVQResult(JobResult):
+    """``out``: the checkpoint; ``stats``: the summary (also in :func:`summary_path`)."""
+
+
+def train_vq(dataset: str, out: str, config: TrainVQConfig | None = None, *,
+             device: str | None = "cpu", num_workers: int = 0, progress: bool = False,
+             storage_options: dict | None = None, **options: Any) -> TrainVQResult:
     """Train a VQ-VAE on the images of ``dataset``; write ``out`` and its summary JSON.
 
-    ``device``: ``"cpu"``, ``"cuda[:N]"`` or None (CUDA when available).  ``model``:
-    extra VQ-VAE settings (``{"code_dim": 32, "num_down": 3}``).  Returns the summary
-    (also written to :func:`summary_path` ``(out)``): ``history`` rows have ``step``,
-    ``loss``, ``recon``, ``commit``, ``perplexity``, ``used_codes``, ``restarts``.
+    Pass a :class:`TrainVQConfig` or its fields as keywords (``k=32, steps=30``), not
+    both.  ``device``: ``"cpu"``, ``"cuda[:N]"`` or None (CUDA when available);
+    ``num_workers``: the Loader's decoding processes.  ``out`` may be an ``s3://`` URL
+    (checkpoint and summary are written through Storage).  The summary's ``history``
+    rows have ``step``, ``loss``, ``recon``, ``commit``, ``perplexity``, ``used_codes``,
+    ``restarts``.
 
     Raises ConfigError for bad settings (before reading any shard), DataError when the
     dataset yields no decodable image.
 
-    >>> s = train_vq("ds", k=32, steps=30, out="vq.safetensors", image_size=32)  # doctest: +SKIP
-    >>> s["history"][-1]["loss"] < s["history"][0]["loss"]                       # doctest: +SKIP
+    >>> r = train_vq("ds", "vq.safetensors", k=32, steps=30, image_size=32)  # doctest: +SKIP
+    >>> r.stats["history"][-1]["loss"] < r.stats["history"][0]["loss"]     # doctest: +SKIP
     True
     """
     from ...tokenizers.vqvae import save_vqvae, train_vqvae
@@ -191,15 +198,21 @@ def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64
     from ..stream.loader import Loader
     from ..stream.source import DatasetSource
 
-    cfg = TrainVQConfig(k=k, steps=steps, image_size=image_size, batch_size=batch_size,
-                        seed=seed, split=split, model=dict(model or {}), log_every=log_every,
-                        usage_images=usage_images)
+    if config is not None and options:
+        raise ConfigError("give train_vq a TrainVQConfig or its options as keywords, not "
+                          f"both (got config and {sorted(options)})")
+    cfg = config or config_from_dict(TrainVQConfig, options)
+    k, steps, batch_size, seed, split = cfg.k, cfg.steps, cfg.batch_size, cfg.seed, cfg.split
+    image_size, usage_images = cfg.image_size, cfg.usage_images
     out = os.fspath(out)
     if not out.endswith(SUFFIX):
         raise ConfigError(f"--out must be a {SUFFIX} file (weights only; pickle/.pt "
                           f"checkpoints are not written or read), got {out!r}")
     if device is not None and device != "cpu" and not str(device).startswith("cuda"):
         raise ConfigError(f"device must be cpu, cuda[:N] or None, got {device!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers (Loader processes) must be an int >= 0, got "
+                          f"{num_workers!r}")
     vq_cfg = cfg.vqvae_config()
     # field_sets=(): sidecars hold no images, and joining them would read more bytes
     loader = Loader(DatasetSource(root=str(dataset), split=split, field_sets=(),
@@ -234,8 +247,7 @@ def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64
             if len(held) >= usage_images:
                 break
     usage = _usage(trained, held[:usage_images], k)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    save_vqvae(trained, out)
+    out = save_artifact(out, lambda p: save_vqvae(trained, p), storage_options)
     stride = cfg.stride
     rows = [h for h in history if h["step"] % stride == 0 or h is history[-1]]
     summary = {
@@ -251,9 +263,7 @@ def train_vq(dataset: str, *, k: int, steps: int, out: str, image_size: int = 64
         "history": [{k_: (round(v, 6) if isinstance(v, float) else v) for k_, v in h.items()}
                     for h in rows],
     }
-    tmp = f"{summary_path(out)}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-    os.replace(tmp, summary_path(out))
-    return summary
+    st, rel = split_path(summary_path(out), storage_options)
+    st.write_bytes(rel, json.dumps(summary, indent=1, sort_keys=True).encode())
+    return TrainVQResult(out=out, stats=summary)
 
