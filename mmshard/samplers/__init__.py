@@ -1,5 +1,6 @@
 """Pure, seeded, checkpointable index logic: splits, epoch order, batching, mixing,
-frame samplers and hard-negative strategies/curricula.  No Ray, no pipelines."""
+frame samplers, hard-negative strategies/curricula and the multi-scale resolution
+schedule.  No Ray, no pipelines."""
 
 from .batching import (
                        BucketBatching,
@@ -21,11 +22,13 @@ from .frames import (
 from .mixing import Mixing
 from .negatives import NEGATIVE_STRATEGIES, NegativeCurriculum, build_strategy
 from .order import EpochOrder
+from .resolution_schedule import CurriculumStage, MultiScaleConfig, MultiScaleSchedule
 from .splits import assign_split, parse_split_spec
 
 __all__ = [
-    "BucketBatching", "CurriculumSelector", "EpochOrder", "FRAME_SAMPLERS", "FixedBatching",
-    "FpsSampler", "GroupAwareBatching", "KeyframeSampler", "Mixing", "MotionSampler",
+    "BucketBatching", "CurriculumSelector", "CurriculumStage", "EpochOrder", "FRAME_SAMPLERS",
+    "FixedBatching", "FpsSampler", "GroupAwareBatching", "KeyframeSampler", "Mixing",
+    "MotionSampler", "MultiScaleConfig", "MultiScaleSchedule",
     "NEGATIVE_STRATEGIES", "NegativeCoBatching", "NegativeCurriculum", "StrideSampler",
     "TSNSampler", "UniformSampler", "assign_split", "build_frame_sampler", "build_strategy",
     "parse_split_spec",

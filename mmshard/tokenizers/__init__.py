@@ -1,10 +1,10 @@
 """Pure computations on decoded media: audio features, codebooks and units, keyframes,
-clip plans, resolution policies, patch VQ and a VQ-VAE.
+clip plans, NaViT packing plans, patch VQ and a VQ-VAE (resize policies: mmshard.media.resize).
 
 Importing the package registers every built-in tokenizer in :data:`TOKENIZERS`.
 """
 
-from . import audio_features, clips, codebook, keyframes, patch_vq, plugin, resolution, units, vqvae
+from . import audio_features, clips, codebook, keyframes, packing, patch_vq, plugin, units, vqvae
 from .audio_features import (
                              FbankConfig,
                              KaldiFbank,
@@ -24,34 +24,23 @@ from .base import TOKENIZERS, Tokenizer, build_tokenizer
 from .clips import Clip, FixedWindowConfig, FixedWindowPlanner, SceneClipConfig, SceneClipPlanner
 from .codebook import Codebook, CodebookConfig
 from .keyframes import KeyframeDetector, KeyframesConfig, detect_keyframes
+from .packing import PackedSequence, PackingPlan, plan_packing
 from .patch_vq import PatchVQConfig, PatchVQTokenizer
 from .plugin import PluginTokenizer, load_tokenizer
-from .resolution import (
-                             FixedSize,
-                             MaxPatches,
-                             MultiScaleConfig,
-                             MultiScaleSchedule,
-                             PackingPlan,
-                             PadToMultiple,
-                             ResolutionPolicy,
-                             ShortestSide,
-                             plan_packing,
-                             smart_resize,
-)
 from .units import UnitsConfig, UnitTokenizer
 from .vqvae import VQVAEConfig, VQVAETokenizer, load_vqvae, save_vqvae, train_vqvae
 
 __all__ = [
-    "Clip", "Codebook", "CodebookConfig", "FbankConfig", "FixedSize", "FixedWindowConfig",
+    "Clip", "Codebook", "CodebookConfig", "FbankConfig", "FixedWindowConfig",
     "FixedWindowPlanner", "KaldiFbank", "KaldiMfcc", "KeyframeDetector", "KeyframesConfig",
-    "MaxPatches", "MfccConfig", "MultiScaleConfig", "MultiScaleSchedule", "PackingPlan",
-    "PadToMultiple", "PatchVQConfig", "PatchVQTokenizer", "PluginTokenizer",
-    "ResolutionPolicy", "SceneClipConfig", "SceneClipPlanner", "ShortestSide",
+    "MfccConfig", "PackedSequence", "PackingPlan",
+    "PatchVQConfig", "PatchVQTokenizer", "PluginTokenizer",
+    "SceneClipConfig", "SceneClipPlanner",
     "SpectralConfig", "SpectralFeatures", "TOKENIZERS", "Tokenizer", "UnitTokenizer",
     "UnitsConfig", "VQVAEConfig", "VQVAETokenizer", "WhisperMel", "WhisperMelConfig",
     "audio_features", "build_tokenizer", "clips", "codebook", "detect_keyframes",
     "kaldi_fbank", "kaldi_mfcc", "keyframes", "load_tokenizer", "load_vqvae",
-    "log_mel_spectrogram", "mel_filterbank", "patch_vq", "plan_packing", "plugin",
-    "resolution", "save_vqvae", "smart_resize", "spectral_features", "train_vqvae", "units",
+    "log_mel_spectrogram", "mel_filterbank", "packing", "patch_vq", "plan_packing", "plugin",
+    "save_vqvae", "spectral_features", "train_vqvae", "units",
     "vqvae",
 ]

@@ -1,6 +1,6 @@
 """Patch codebook tokenizer: image patches -> (optional PCA) -> k-means codes.
 
-An image (optionally resized by a :mod:`~mmshard.tokenizers.resolution` policy first) is
+An image (optionally resized by a :mod:`~mmshard.media.resize` policy first) is
 cut into ``P x P`` RGB patches; the bottom/right remainder (``H mod P`` rows, ``W mod P``
 columns) is dropped, as a stride-``P`` patch embedding does. Each patch is flattened to
 ``3 * P * P`` values normalised per channel (``normalize="imagenet"``: ImageNet mean/std;
@@ -36,9 +36,9 @@ import numpy as np
 
 from .._registry import config_from_dict, config_to_dict
 from ..errors import ConfigError, DataError
+from ..media.resize import Resize, resize_from_dict
 from .base import TOKENIZERS
 from .codebook import Codebook, CodebookConfig
-from .resolution import ResolutionPolicy
 
 __all__ = ["PatchVQConfig", "PatchVQFile", "PatchVQTokenizer", "extract_patches"]
 
@@ -56,9 +56,10 @@ class PatchVQConfig:
 
     ``k`` codes (256..16384 is the useful range; any ``k >= 2`` is accepted) over
     ``patch x patch`` RGB patches; ``pca_dim`` (``None`` = no PCA) must be below
-    ``3 * patch**2``. ``resolution`` is an optional policy dict
-    (:meth:`ResolutionPolicy.to_dict`, e.g. ``{"policy": "shortest", "size": 256}``)
-    applied to every image before patching. The fit sample takes at most
+    ``3 * patch**2``. ``resolution`` is an optional resize policy
+    (:mod:`mmshard.media.resize`; a policy or its :meth:`~mmshard.media.resize.Resize.to_dict`
+    dict, e.g. ``{"policy": "longest", "size": 512}``) applied to every image before
+    patching. The fit sample takes at most
     ``patches_per_image`` random patches of each image and ``max_fit_patches`` in all.
     """
 
@@ -93,8 +94,8 @@ class PatchVQConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.resolution is not None:
-            ResolutionPolicy.from_dict(dict(self.resolution))  # validates it
-            object.__setattr__(self, "resolution", dict(self.resolution))
+            policy = resize_from_dict(self.resolution)  # validates it
+            object.__setattr__(self, "resolution", policy.to_dict())
 
     @property
     def patch_dim(self) -> int:
@@ -112,10 +113,10 @@ def _as_rgb(image: Any) -> np.ndarray:
     return arr[:, :, :3]
 
 
-def _policy(config: PatchVQConfig) -> ResolutionPolicy | None:
+def _policy(config: PatchVQConfig) -> Resize | None:
     if config.resolution is None:
         return None
-    return ResolutionPolicy.from_dict(dict(config.resolution))
+    return resize_from_dict(dict(config.resolution))
 
 
 def _norm_stats(config: PatchVQConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +127,7 @@ def _norm_stats(config: PatchVQConfig) -> tuple[np.ndarray, np.ndarray]:
             np.tile(1.0 / (np.asarray(std, np.float32) * 255), reps))
 
 
-def _prepare(image: Any, policy: ResolutionPolicy | None) -> np.ndarray:
+def _prepare(image: Any, policy: Resize | None) -> np.ndarray:
     arr = _as_rgb(image)
     if policy is not None:
         arr, _ = policy.apply(arr)
@@ -186,6 +187,14 @@ class PatchVQTokenizer:
         self.storage_dtype = np.dtype(np.int16 if config.k <= 32767 else np.int32)
         self.policy = _policy(config)
         self._mean, self._scale = _norm_stats(config)
+
+    def with_resize(self, policy: Resize | None) -> PatchVQTokenizer:
+        """The same codebook applied after another resize policy (None: no resize)."""
+        import copy
+
+        out = copy.copy(self)
+        out.policy = policy
+        return out
 
     # ----------------------------------------------------------------- vectors
 

@@ -242,7 +242,8 @@ def _build_model_class() -> type:
                                 f"got {tuple(x.shape)}")
             if x.shape[2] % f or x.shape[3] % f:
                 raise DataError("bad_shape", f"H and W must be multiples of {f}, got "
-                                f"{x.shape[2]}x{x.shape[3]}; resize with a resolution policy")
+                                f"{x.shape[2]}x{x.shape[3]}; resize with a "
+                                "mmshard.media.resize policy")
 
         def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
             self._check(x)
@@ -408,7 +409,7 @@ def train_vqvae(images: Iterable[Any], config: VQVAEConfig, *, steps: int, seed:
         shapes = {a.shape for a in arrs}
         if len(shapes) > 1:
             raise DataError("mixed_sizes", f"a batch needs one image size, got {sorted(shapes)}; "
-                            "resize with a resolution policy (e.g. FixedSize) first")
+                            "resize them first (a mmshard.media.resize policy, e.g. FixedResize)")
         x = torch.from_numpy(np.stack(arrs)).to(dev)
         z = model.encode_latents(x)
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, config.code_dim)
@@ -519,21 +520,28 @@ class VQVAETokenizer:
     Registered as ``"vqvae"`` (``build_tokenizer("vqvae", {"path": "vq.safetensors"})``).
     ``encode`` takes a batch ``[B, H, W, C]`` (or a list of same-size images) and returns
     ``[B, h, w]`` int16 (int32 when the codebook has more than 32767 codes); ``decode``
-    returns uint8 images.
+    returns uint8 images.  ``resize`` (a :mod:`mmshard.media.resize` policy, e.g.
+    ``CenterCrop(size=256)``) is applied to every image first; its output sides must be
+    multiples of the downsample factor.
     """
 
     name: ClassVar[str] = "vqvae"
     version: ClassVar[str] = _VERSION
 
-    def __init__(self, model: Any, *, path: str | None = None) -> None:
+    def __init__(self, model: Any, *, path: str | None = None, resize: Any = None) -> None:
+        from ..media.resize import resize_from_dict
+
         self.model = model.eval()
         self.config = model.config
         self.path = path
+        self.resize = None if resize is None else resize_from_dict(resize)
         self.storage_dtype = np.dtype(np.int16 if self.config.codebook_size <= 32767
                                       else np.int32)
 
     def encode(self, images: Any) -> np.ndarray:
         torch = _torch()
+        if self.resize is not None:
+            images = [self.resize.apply(np.asarray(im))[0] for im in images]
         arrs = [_to_chw_float(im, self.config.in_channels) for im in images]
         if len({a.shape for a in arrs}) > 1:
             raise DataError("mixed_sizes", "encode needs one image size per batch")
@@ -556,6 +564,8 @@ class VQVAETokenizer:
     def provenance(self) -> dict[str, Any]:
         out = {"tokenizer": self.name, "version": self.version,
                "config": config_to_dict(self.config)}
+        if self.resize is not None:
+            out["resize"] = self.resize.to_dict()
         if self.path:
             out["checkpoint"] = os.path.basename(self.path)
         return out
@@ -567,14 +577,20 @@ class VQVAEFile:
 
     path: str
     device: str | None = None
+    resize: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("vqvae tokenizer needs path=<checkpoint .safetensors>")
+        if self.resize is not None:
+            from ..media.resize import resize_from_dict
+
+            object.__setattr__(self, "resize", resize_from_dict(self.resize).to_dict())
 
 
 def _build_vqvae_tokenizer(config: VQVAEFile) -> VQVAETokenizer:
-    return VQVAETokenizer(load_vqvae(config.path, device=config.device), path=config.path)
+    return VQVAETokenizer(load_vqvae(config.path, device=config.device), path=config.path,
+                          resize=config.resize)
 
 
 _build_vqvae_tokenizer.config_class = VQVAEFile  # type: ignore[attr-defined]

@@ -153,22 +153,6 @@ def _keyframes(options: Mapping[str, Any], device: str, out_name: str) -> FieldS
     return FieldSet("keyframes", "video", ("kf.json",), compute, det.provenance())
 
 
-@FIELD_SETS.register("vq")
-def _vq(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
-    from ...tokenizers.patch_vq import PatchVQTokenizer
-
-    path = dict(options).get("codebook_path") or dict(options).get("path")
-    if not path:
-        raise ConfigError("--fields vq needs a tokenizer file: --codebook PATH (made by "
-                          "`mmshard fit-codebook --field jpg --patch 16`)")
-    tok = PatchVQTokenizer.load(path)
-
-    def compute(image: np.ndarray) -> dict[str, bytes]:
-        return {"vq.npy": npy_bytes(tok.encode(image))}
-
-    return FieldSet("vq", "image", ("vq.npy",), compute, tok.provenance())
-
-
 @FIELD_SETS.register("emb")
 def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     """Embeddings (``mmshard embed``): ``<name>.npy`` float vectors of one field."""

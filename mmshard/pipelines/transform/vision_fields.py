@@ -1,15 +1,25 @@
-"""Vision field sets of the transform job: ``vqvae`` ids and user ``tokenizer`` plug-ins.
+"""Vision field sets of the transform job: ``vq`` and ``vqvae`` ids, ``tokenizer`` plug-ins.
 
-Importing this module registers two field sets in
+Importing this module registers three field sets in
 :data:`mmshard.pipelines.transform.fields.FIELD_SETS`:
 
+- ``vq`` -- a patch codebook (``mmshard fit-codebook --field jpg``) turns each image into
+  an id grid ``vq.npy``.  Options: ``codebook_path`` / ``path`` (``--codebook``) and a
+  resize policy of :mod:`mmshard.media.resize`: ``resize`` (its name: ``longest``,
+  ``max_patches``, ``pad_multiple``, ``none`` ...) plus that policy's options
+  (``size``, ``max_patches``, ``upscale`` ...; ``patch`` defaults to the codebook's).
+  Default: the policy the codebook was fit with, else ``longest`` ``size=512`` without
+  upscaling, so a 2560x1600 photo becomes a 32 x 20 grid of 16-pixel patches, not
+  160 x 100 (``--option vq.resize=none`` keeps the full size).  The policy is recorded
+  in the field set's provenance (``resize``).
 - ``vqvae`` -- a VQ-VAE checkpoint made by ``mmshard train-vq`` turns each image (RGB
   ``uint8 [H, W, 3]``) into an id grid ``[H/f, W/f]`` stored as ``<name>.npy``
   (``vqvae.npy`` by default; int16 when the codebook has <= 32767 codes, else int32).
-  Options: ``path`` (the ``.safetensors`` checkpoint, required) and ``image_size``
+  Options: ``path`` (the ``.safetensors`` checkpoint, required), ``image_size``
   (optional: scale the shortest side to it and centre-crop a square, the same policy
-  ``train-vq`` trains with; without it an image's sides must be multiples of ``f``, else
-  the sample is a ``bad_shape`` ledger row).  Runs on the job's device (``--device
+  ``train-vq`` trains with) or any resize policy as for ``vq`` (``resize=pad_multiple``
+  pads to multiples of ``f``); without one an image's sides must be multiples of ``f``,
+  else the sample is a ``bad_shape`` ledger row.  Runs on the job's device (``--device
   cuda``).  Provenance: the tokenizer's config plus the checkpoint's sha256, so a
   retrained checkpoint at the same path is noticed by a rerun.
 - ``tokenizer`` -- any ``package.module:factory`` plug-in
@@ -35,6 +45,7 @@ Importing this module registers two field sets in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Mapping
@@ -43,9 +54,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, DataError
+from ...media.resize import RESIZES, CenterCrop, Longest, Resize, build_resize
 from .fields import FIELD_SETS, FieldSet, npy_bytes
 
-__all__ = ["checkpoint_sha256", "crop_to_square"]
+__all__ = ["checkpoint_sha256", "crop_to_square", "resize_option"]
 
 TOKENIZER_FIELDS = ("jpg", "png", "webp")
 _RESERVED = ("allow_float", "factory", "field", "store_dtype")
@@ -66,18 +78,68 @@ def checkpoint_sha256(path: str) -> str:
 def crop_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """Scale the shortest side to ``size`` (bicubic) and centre-crop ``size x size``.
 
-    The same policy as :class:`mmshard.pipelines.stream.decode.ShortestSideCrop`, which
-    ``train_vq`` uses, so tokenized images look like the training images.
+    The resize family's :class:`~mmshard.media.resize.CenterCrop` (the Loader's
+    ``ShortestSideCrop``), which ``train_vq`` uses, so tokenized images look like the
+    training images.
 
     >>> crop_to_square(np.zeros((20, 40, 3), np.uint8), 8).shape
     (8, 8, 3)
     """
-    from PIL import Image
+    return CenterCrop(size=size).apply(np.asarray(image, np.uint8))[0]
 
-    from ..stream.decode import ShortestSideCrop
 
-    img = ShortestSideCrop(size=size)(Image.fromarray(np.asarray(image, np.uint8)), None)
-    return np.asarray(img, np.uint8)
+def resize_option(opts: dict[str, Any], *, default: Resize | None, patch: int
+                  ) -> Resize | None:
+    """Pop a resize policy out of field-set options (``resize`` = a policy name, plus that
+    policy's own options); ``default`` when none are given.  Options the policy does not
+    have stay in ``opts`` for the caller to refuse.
+
+    >>> opts = {"resize": "longest", "size": 256, "path": "x"}
+    >>> resize_option(opts, default=None, patch=16).plan(1600, 2560).grid, opts
+    ((10, 16), {'path': 'x'})
+    """
+    name = opts.pop("resize", None)
+    if name is None and default is None:
+        return None
+    cls = RESIZES.get(str(name)) if name is not None else type(default)
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: opts.pop(k) for k in sorted(set(opts) & names)}
+    if name is None and not given:
+        return default
+    base = dataclasses.asdict(default) if name is None and default is not None else {}
+    return build_resize(cls.name, **{"patch": patch, **base, **given})
+
+
+def _allowed(own: tuple[str, ...], policy: Resize | None) -> str:
+    extra = [f.name for f in dataclasses.fields(type(policy))] if policy is not None else []
+    return ", ".join(sorted({*own, "resize", *extra}))
+
+
+@FIELD_SETS.register("vq")
+def _vq(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
+    """Patch-codebook ids of each image, after a resize policy (see the module docstring)."""
+    from ...tokenizers.patch_vq import PatchVQTokenizer
+
+    opts = dict(options)
+    path = opts.pop("codebook_path", None) or opts.pop("path", None)
+    opts.pop("path", None)
+    if not path:
+        raise ConfigError("--fields vq needs a tokenizer file: --codebook PATH (made by "
+                          "`mmshard fit-codebook --field jpg --patch 16`)")
+    tok = PatchVQTokenizer.load(path)
+    patch = tok.config.patch
+    default = tok.policy or Longest(size=512, upscale=False, patch=patch)
+    policy = resize_option(opts, default=default, patch=patch)
+    if opts:
+        raise ConfigError(f"unknown vq option(s) {sorted(opts)}; allowed: "
+                          f"{_allowed(('codebook_path', 'path'), policy)}")
+    tok = tok.with_resize(policy)
+
+    def compute(image: np.ndarray) -> dict[str, bytes]:
+        return {"vq.npy": npy_bytes(tok.encode(image))}
+
+    prov = {**tok.provenance(), "resize": None if policy is None else policy.to_dict()}
+    return FieldSet("vq", "image", ("vq.npy",), compute, prov)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -96,8 +158,12 @@ def _vqvae(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     opts = dict(options)
     path = opts.pop("path", None) or opts.pop("codebook_path", None)
     image_size = opts.pop("image_size", None)
+    policy = resize_option(opts, default=None, patch=16)
     if opts:
-        raise ConfigError(f"unknown vqvae option(s) {sorted(opts)}; allowed: path, image_size")
+        raise ConfigError(f"unknown vqvae option(s) {sorted(opts)}; allowed: "
+                          f"{_allowed(('path', 'image_size'), policy)}")
+    if policy is not None and image_size is not None:
+        raise ConfigError("vqvae takes image_size or a resize policy, not both")
     if not path:
         raise ConfigError("--fields vqvae needs a checkpoint: --option vqvae.path=CKPT "
                           "(made by `mmshard train-vq DATASET --out CKPT.safetensors`)")
@@ -105,6 +171,8 @@ def _vqvae(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     model = load_vqvae(path, device=device)  # refuses pickles before parsing anything
     tok = VQVAETokenizer(model, path=path)
     factor = tok.config.factor
+    if policy is not None and "patch" not in options:
+        policy = dataclasses.replace(policy, patch=factor)
     if image_size is not None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise ConfigError(f"vqvae image_size must be a positive int, got {image_size!r}")
@@ -114,18 +182,23 @@ def _vqvae(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
                               f"{max(factor, image_size // factor * factor)}")
     member = f"{out_name}.npy"
 
+    if image_size is not None:
+        policy = CenterCrop(size=image_size)
+
     def compute(image: np.ndarray) -> dict[str, bytes]:
-        if image_size is not None:
-            image = crop_to_square(image, image_size)
-        elif image.shape[0] % factor or image.shape[1] % factor:
+        if policy is not None:
+            image = policy.apply(image)[0]
+        if image.shape[0] % factor or image.shape[1] % factor:
             raise DataError("bad_shape", f"image is {image.shape[1]}x{image.shape[0]}, not a "
                             f"multiple of the VQ-VAE factor {factor}; pass "
-                            "--option <name>.image_size=N to resize and crop")
+                            "--option <name>.image_size=N to resize and crop (or "
+                            f"resize=pad_multiple with patch={factor})")
         return {member: npy_bytes(tok.encode([image])[0])}
 
     prov = {**tok.provenance(), "checkpoint_sha256": checkpoint_sha256(path),
             "image_size": image_size,
-            "resize": "shortest_side_crop" if image_size is not None else "none",
+            "resize": "none" if policy is None else
+            "shortest_side_crop" if image_size is not None else policy.to_dict(),
             "dtype": str(tok.storage_dtype)}
     return FieldSet(out_name, "image", (member,), compute, prov)
 
