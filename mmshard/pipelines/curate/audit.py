@@ -193,7 +193,7 @@ def _range_pairs(qa: np.ndarray, rb: np.ndarray, threshold: float
     index = faiss.IndexFlatIP(rb.shape[1])
     index.add(np.ascontiguousarray(rb))
     lims, sims, ids = index.range_search(np.ascontiguousarray(qa), threshold)
-    qi = np.repeat(np.arange(len(qa)), np.diff(lims))
+    qi = np.repeat(np.arange(len(qa)), np.diff(lims.astype(np.int64)))
     return qi.astype(np.int64), ids.astype(np.int64), sims.astype(np.float32)
 
 
