@@ -63,6 +63,7 @@ from ...samplers.negatives import (
     strategy_to_dict,
 )
 from ...storage import Storage, is_url
+from ..artifacts import copy_file, split_path
 from ..executor import Executor, LocalExecutor
 from ..task import run_tasks
 from .config import (
@@ -515,18 +516,6 @@ def _plan_inputs(cfg: MineConfig, plan: str, work: str, art: Storage,
     return p
 
 
-def _index_storage(path: str, so: dict | None) -> tuple[Storage, str]:
-    if is_url(path):
-        parent, _, name = path.rpartition("/")
-        return Storage(parent, so), name
-    return Storage(os.path.dirname(os.path.abspath(path))), os.path.basename(path)
-
-
-def _copy(src: Storage, src_rel: str, dst: Storage, dst_rel: str) -> None:
-    with src.open_read(src_rel) as fi, dst.atomic_writer(dst_rel) as fo:
-        shutil.copyfileobj(fi, fo, 1 << 20)
-
-
 def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
     """Reuse the saved index when it matches the prepared corpus, else build and save it.
 
@@ -535,7 +524,7 @@ def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
     """
     corpus = np.load(p.c_path, mmap_mode="r", allow_pickle=False)
     p.index_path = cfg.index_path or output_paths(cfg.out)["index"]
-    st, rel = _index_storage(p.index_path, p.storage_options)
+    st, rel = split_path(p.index_path, p.storage_options)
     p.local_index = st.path(rel) if st.local else os.path.join(p.work, "index.faiss")
     fp = fingerprint_array(corpus, extra={"metric": cfg.metric, "normalize": cfg.normalize})
     p.expect = index_meta(fingerprint=fp, n=int(corpus.shape[0]), d=int(corpus.shape[1]),
@@ -554,15 +543,15 @@ def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
         if not st.local:  # the sidecar lands last: an index is trusted only with it
             st.remove(f"{rel}.json")
             local = Storage(p.work)
-            _copy(local, "index.faiss", st, rel)
-            _copy(local, "index.faiss.json", st, f"{rel}.json")
+            copy_file(local, "index.faiss", st, rel)
+            copy_file(local, "index.faiss.json", st, f"{rel}.json")
         return
     assert have is not None
     p.index_params = have["params"]
     if not st.local and read_index_meta(p.local_index) != have:
         local = Storage(p.work)
-        _copy(st, rel, local, "index.faiss")
-        _copy(st, f"{rel}.json", local, "index.faiss.json")
+        copy_file(st, rel, local, "index.faiss")
+        copy_file(st, f"{rel}.json", local, "index.faiss.json")
 
 
 def _save_side(work: str, name: str, arr: np.ndarray | None) -> str | None:
@@ -730,7 +719,7 @@ def _move(art: Storage, src: str, dst: str) -> None:
     if art.local:
         os.replace(art.path(src), art.path(dst))
     else:
-        _copy(art, src, art, dst)
+        copy_file(art, src, art, dst)
         art.remove(src)
 
 
