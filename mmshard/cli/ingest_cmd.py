@@ -25,6 +25,12 @@ examples:
   mmshard ingest clips.csv --out s3://bucket/speech --audio-rate 16000 --audio-mono \\
       --group-column speaker --split train=0.95,val=0.05 --dedup
 
+  # a LAION-style Parquet of image URLs and captions: downloaded politely (4 requests at
+  # once and 10/s per host, retries with backoff; robots.txt and X-Robots-Tag noai honoured)
+  mmshard ingest urls.parquet --url-column url --caption-column caption --out data/web \
+      --image-resize shortest --image-size 256 --image-format jpg --max-file-bytes 20000000 \
+      --user-agent "mylab-bot/1.0 (+https://mylab.org/bot)"
+
   # everything from a YAML config, one flag overridden, on an existing Ray cluster
   mmshard ingest videos/ --out data/videos --config ingest.yaml --max-samples 200 \\
       --address auto
@@ -86,6 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--path-column", action="append",
                    help="manifest column(s) with media paths/URLs (repeatable; default: the "
                         "first of path,url,file,image,audio,video ...)")
+    s.add_argument("--url-column", dest="path_column", action="append",
+                   help="manifest column with http(s) URLs to download (same as --path-column)")
     s.add_argument("--caption-column", help="manifest caption column (default: caption/text)")
     s.add_argument("--label-column", help="manifest label column (default: label/cls)")
     grp = s.add_mutually_exclusive_group()
@@ -131,6 +139,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--max-failure-rate", type=float,
                    help="exit non-zero when failed/inputs is above this (default 0.5)")
     o.add_argument("--name", help="dataset name in index.json (default: folder name)")
+    d = p.add_argument_group("downloads (http/https inputs)")
+    d.add_argument("--concurrency", type=int, help="requests open at once per task (64)")
+    d.add_argument("--per-host", type=int, help="requests open at once per host (4)")
+    d.add_argument("--host-rate", type=float, help="requests started per second per host (10)")
+    d.add_argument("--connect-timeout", type=float, help="seconds (10)")
+    d.add_argument("--read-timeout", type=float, help="seconds without a byte (30)")
+    d.add_argument("--retries", type=int, help="re-attempts of timeouts, resets, 429, 5xx (3)")
+    d.add_argument("--user-agent", help="identifies the crawler to hosts; robots.txt groups "
+                                        "match its first word")
+    d.add_argument("--no-opt-out-check", dest="opt_out_check", action="store_const",
+                   const=False, help="ignore robots.txt and X-Robots-Tag noai/noimageai "
+                                     "(recorded in stats; default: honour them)")
     add_executor_args(p)
     p.set_defaults(func=run)
 
@@ -176,6 +196,15 @@ def build_config(args: argparse.Namespace):
         raise ConfigError(f"bad ingest config: {e}") from e
 
 
+def build_download(args: argparse.Namespace):
+    from ..pipelines.ingest.download import DownloadOptions
+
+    names = ("concurrency", "per_host", "host_rate", "connect_timeout", "read_timeout",
+             "retries", "user_agent", "opt_out_check")
+    return DownloadOptions(**{n: getattr(args, n) for n in names
+                              if getattr(args, n, None) is not None})
+
+
 def summary(stats: dict[str, Any]) -> str:
     rows = [(name, s["samples"], s["groups"], s["shards"], s["failed"])
             for name, s in stats["splits"].items()]
@@ -201,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = ingest(args.sources, args.out, config, executor=executor,
                         progress=not args.no_progress, overwrite=args.overwrite,
-                        retry_failed=args.retry_failed, storage_options=args.storage_options)
+                        retry_failed=args.retry_failed, storage_options=args.storage_options,
+                        download=build_download(args))
     except FailureRateError as e:
         print(summary(e.result.stats))
         print(f"error: {e}")

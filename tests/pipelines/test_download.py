@@ -291,3 +291,66 @@ def test_reason_sets_and_config_errors():
 def write_manifest(path: str, urls: list[str]) -> None:
     caps = [f"caption {i}" for i in range(len(urls))]
     pq.write_table(pa.table({"url": urls, "caption": caps}), path)
+
+
+INGEST_SKIP = ("/slowhead/", "/slowbody/", "/429once/")  # slow: covered above
+
+
+def test_url_ingest_ledger_rerun_and_retry_failed(server, tmp_path):
+    from mmshard.pipelines.executor import LocalExecutor
+    from mmshard.pipelines.ingest.job import IngestConfig, ingest
+    from tests.pipelines.test_ingest import read_tree
+
+    want = {u: r for u, r in cases(server).items()
+            if not any(s in u for s in INGEST_SKIP) and u != server.url("silent", "/x.png")}
+    manifest = str(tmp_path / "urls.parquet")
+    write_manifest(manifest, sorted(want))
+    cfg = IngestConfig(max_samples=6, max_failure_rate=1.0, max_file_bytes=LIMIT)
+
+    def run(out: str, **kw):
+        server.reset()
+        return ingest([manifest], out, cfg, executor=LocalExecutor(2), download=OPTS, **kw)
+
+    a, b = str(tmp_path / "a" / "ds"), str(tmp_path / "b" / "ds")
+    res = run(a)
+    rows = pq.read_table(os.path.join(a, "ledger.parquet")).to_pylist()
+    by_url = {r["source"]: r for r in rows}
+    assert len(rows) == len(want) == len(by_url)  # one row per URL
+    assert {u: by_url[u]["reason"] for u in want} == want
+    assert all((by_url[u]["status"] == "ok") == (r == "") for u, r in want.items())
+    assert res.stats["inputs"] == len(want)
+    shards = pq.read_table(os.path.join(a, "manifest.parquet")).to_pylist()
+    assert len(shards) == sum(1 for r in want.values() if r == "")
+
+    run(b)  # another run, other arrival order: the same bytes
+    published = [{k: v for k, v in read_tree(x).items() if not k.startswith(".")} for x in (a, b)]
+    assert published[0] == published[1]
+
+    run(a, retry_failed=True)  # only the retryable reasons go again
+    hit = {u.split("//", 1)[1] for u in want if server.hits[u.split("//", 1)[1]]}
+    no_request = {server.url("closed", "/x.png"), "http://no-such-host.invalid/x.png"}
+    again = {u.split("//", 1)[1] for u, r in want.items() if r in RETRYABLE_REASONS
+             and u not in no_request}  # those fail before any request reaches the server
+    assert again and again <= hit
+    assert not any(server.hits[u.split("//", 1)[1]] for u, r in want.items()
+                   if r in PERMANENT_REASONS)
+    rows = pq.read_table(os.path.join(a, "ledger.parquet")).to_pylist()
+    assert len(rows) == len(want)  # retried inputs keep one row
+    assert {r["source"]: r["reason"] for r in rows} == want
+
+
+def test_cli_download_flags(server, tmp_path):
+    from mmshard.cli.main import main
+
+    manifest = str(tmp_path / "urls.parquet")
+    urls = [server.url("a", "/ok/cli0.png"), server.url("a", "/noai/cli1.png")]
+    write_manifest(manifest, urls)
+    base = ["ingest", manifest, "--url-column", "url", "--caption-column", "caption",
+            "--executor", "local", "--no-progress", "--max-failure-rate", "1",
+            "--user-agent", UA, "--per-host", "1", "--retries", "0"]
+    assert main([*base, "--out", str(tmp_path / "on")]) == 0
+    assert main([*base, "--out", str(tmp_path / "off"), "--no-opt-out-check"]) == 0
+    on = pq.read_table(str(tmp_path / "on" / "ledger.parquet")).to_pylist()
+    off = pq.read_table(str(tmp_path / "off" / "ledger.parquet")).to_pylist()
+    assert sorted(r["reason"] for r in on) == ["", "opted_out"]
+    assert [r["status"] for r in off] == ["ok", "ok"]

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, re
 from ..executor import Executor, make_executor
 from ..result import FailureRateError
 from ..task import PARTS_DIR, run_tasks
+from .download import PERMANENT_REASONS, DownloadOptions
 from .labels import assign_label_ids
 from .layout import layout_of
 from .sources import InputItem, SourceOptions, collect_inputs
@@ -200,15 +202,19 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
 
 def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None, *,
            executor: Executor | None = None, progress: bool = False, overwrite: bool = False,
-           retry_failed: bool = False, storage_options: dict | None = None) -> IngestResult:
+           retry_failed: bool = False, storage_options: dict | None = None,
+           download: DownloadOptions | None = None) -> IngestResult:
     """Turn ``sources`` into a dataset folder at ``out`` (local path or fsspec URL).
 
     Reruns with the same arguments resume: committed shards are skipped and the final
     files equal an uninterrupted run's.  ``retry_failed=True`` re-attempts only the
-    inputs the ledger marks failed, in new shards.  ``executor`` defaults to an
-    embedded local Ray cluster.  Raises SourceError/ConfigError before any work on bad
-    sources or arguments, JobError when the output cannot be written or was made with
-    another config, and FailureRateError (after committing) when too many inputs failed.
+    inputs the ledger marks failed, in new shards (not the permanent download reasons:
+    404, opted out, too large ...).  ``download`` says how ``http(s)`` inputs are
+    fetched (limits, timeouts, retries, opt-out; see :mod:`.download`).  ``executor``
+    defaults to an embedded local Ray cluster.  Raises SourceError/ConfigError before
+    any work on bad sources or arguments, JobError when the output cannot be written or
+    was made with another config, and FailureRateError (after committing) when too many
+    inputs failed.
 
     >>> r = ingest(["data/"], "out", IngestConfig(splits=(("train", .9), ("val", .1))),
     ...            executor=make_executor("local"))              # doctest: +SKIP
@@ -239,7 +245,8 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         done = set(n.removesuffix(".json") for n in storage.listdir(PARTS_DIR))
         todo = [s for s in all_shards if s.name not in done]
         tasks = [ShardTask(out=storage.root, storage_options=storage.storage_options,
-                           shard=s.name, split=s.split, items=s.items, media=media)
+                           shard=s.name, split=s.split, items=s.items, media=media,
+                           download=download)
                  for s in todo]
         _run(tasks, executor, progress, total_shards=len(all_shards))
         remove_temporaries(storage)  # what a worker killed mid-write left behind
@@ -289,8 +296,9 @@ def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[Plann
     import pyarrow.parquet as pq
 
     with storage.open_read("ledger.parquet") as f:
-        ledger = pq.read_table(f, columns=["key", "status"]).to_pylist()
-    failed = sorted(r["key"] for r in ledger if r["status"] == "failed" and r["key"] in by_key)
+        ledger = pq.read_table(f, columns=["key", "status", "reason"]).to_pylist()
+    failed = sorted(r["key"] for r in ledger if r["status"] == "failed" and r["key"] in by_key
+                    and r["reason"] not in PERMANENT_REASONS)  # a 404 stays a 404
     if not failed:
         return rounds
     used: dict[str, int] = {}
@@ -313,14 +321,23 @@ def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[Plann
 def _run(tasks: list[ShardTask], executor: Executor, progress: bool, total_shards: int) -> None:
     t0 = time.perf_counter()
     seen = {"ok": 0, "failed": 0, "bytes": 0}
+    reasons: Counter[str] = Counter()
+    throttled: Counter[str] = Counter()
 
     def postfix(res: ShardResult) -> dict[str, Any]:
         seen["ok"] += res.ok
         seen["failed"] += res.failed
         seen["bytes"] += res.bytes_in
+        reasons.update(res.failures)
+        throttled.update(res.download.get("throttled_s", {}))
         dt = max(time.perf_counter() - t0, 1e-9)
-        return {"samples_s": f"{seen['ok'] / dt:.1f}", "MB_s": f"{seen['bytes'] / 1e6 / dt:.1f}",
-                "failed": seen["failed"]}
+        shown = {"samples_s": f"{seen['ok'] / dt:.1f}",
+                 "MB_s": f"{seen['bytes'] / 1e6 / dt:.1f}", "failed": seen["failed"]}
+        if reasons:
+            shown["why"] = ",".join(f"{k}:{v}" for k, v in reasons.most_common(3))
+        if throttled:  # URL ingest: the hosts whose limits made us wait, most first
+            shown["throttled"] = ",".join(f"{h}:{s:.0f}s" for h, s in throttled.most_common(2))
+        return shown
 
     for _ in run_tasks(executor, run_shard_task, tasks, on_lost=write_lost_part,
                        progress=progress, desc="ingest", total=total_shards,

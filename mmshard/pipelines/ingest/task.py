@@ -9,10 +9,12 @@ means the shard is committed: a rerun skips it.  Tasks are idempotent and retrya
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from ...media.image import ImageOptions, ProcessedMedia, process_image
 from ...media.video import VideoOptions, process_video
 from ...storage import Storage, open_input
 from ..task import PartRecord, ShardOutput, part_name
+from .download import DownloadOptions, fetch_urls, is_http
 from .sources import InputItem
 
 __all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",
@@ -50,6 +53,7 @@ class ShardTask:
     split: str
     items: tuple[InputItem, ...]
     media: MediaOptions
+    download: DownloadOptions | None = None  # how http(s) inputs are fetched (download.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +64,8 @@ class ShardResult:
     bytes_in: int
     bytes_out: int
     seconds: float
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    download: dict[str, Any] = dataclasses.field(default_factory=dict)  # fetch_urls stats
 
 
 def _read(uri: str, limit: int) -> bytes:
@@ -112,9 +118,12 @@ def _process_media(field: str, data: bytes, opts: MediaOptions) -> ProcessedMedi
     raise DataError("unsupported_format", f"field {field!r} is not image, audio or video")
 
 
-def build_sample(item: InputItem, split: str, opts: MediaOptions
+def build_sample(item: InputItem, split: str, opts: MediaOptions,
+                 fetched: Mapping[str, Any] | None = None
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read and process one input: (tar sample dict, manifest row).  Raises DataError."""
+    """Read and process one input: (tar sample dict, manifest row).  Raises DataError.
+
+    ``fetched``: URL -> :class:`~.download.Fetched` for inputs already downloaded."""
     if item.error:
         raise DataError(*item.error)
     sample: dict[str, Any] = {"__key__": item.key}
@@ -122,7 +131,8 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions
     bytes_in = 0
     for field, uri in item.media:
         try:
-            data = _read(uri, opts.max_file_bytes)
+            data = fetched[uri].read() if fetched and uri in fetched else \
+                _read(uri, opts.max_file_bytes)
         except FileNotFoundError as e:
             raise DataError("missing_file", f"{uri} does not exist") from e
         except PermissionError as e:
@@ -212,10 +222,13 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     t0 = time.perf_counter()
     storage = Storage(task.out, task.storage_options)
     part = PartRecord(task.shard, task.split, "ingest")
-    with ShardOutput(storage, f"shards/{task.shard}.tar") as out:
+    urls = [u for it in task.items if not it.error for _, u in it.media if is_http(u)]
+    # the shard's URLs are fetched concurrently first; plan order then decides the tar
+    with fetch_urls(urls, task.download, max_file_bytes=task.media.max_file_bytes) as got, \
+            ShardOutput(storage, f"shards/{task.shard}.tar") as out:
         for item in task.items:
             built = part.attempt(item.source, item.key, build_sample, item, task.split,
-                                 task.media)
+                                 task.media, got)
             if built is None:
                 continue
             sample, row = built
@@ -226,7 +239,8 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     part.commit(storage, out.info, planned=len(task.items), seconds=seconds)
     return ShardResult(shard=task.shard, ok=len(part.manifest), failed=part.failed,
                        bytes_in=part.bytes_in, bytes_out=out.info.get("filesize", 0),
-                       seconds=seconds)
+                       seconds=seconds, failures=dict(part.failures),
+                       download=got.stats if urls else {})
 
 
 def write_lost_part(task: ShardTask, cause: object) -> ShardResult:
