@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ...dataset import Dataset
-from ...errors import ConfigError, ShardError
+from ...errors import ConfigError, MmshardError, ShardError
 from .hashing import IMAGE_FIELDS
 
 __all__ = ["SECTIONS", "ReportConfig", "report_data"]
@@ -246,12 +246,12 @@ def _audio(ds: Dataset, clips: list[tuple[str, str, bytes]], config: ReportConfi
             from ...media.audio import decode_audio
             from ...tokenizers.audio_features import log_mel_spectrogram
 
-            try:
+            try:  # frames x channels -> mono; the picture needs no exact resampling
                 wav, _sr, _ = decode_audio(data)
-            except Exception:  # noqa: BLE001 - shown as missing
+                mono = np.ascontiguousarray(wav.mean(axis=1), np.float32)
+                mel = log_mel_spectrogram(mono).numpy()
+            except MmshardError:  # undecodable or too short: left out of the section
                 continue
-            mono = wav.mean(axis=0) if wav.ndim == 2 else wav
-            mel = log_mel_spectrogram(np.ascontiguousarray(mono, np.float32)).numpy()
             source = "computed"
         out.append({"key": key, "split": split, "src": mel_image_uri(mel), "source": source,
                     "shape": list(mel.shape)})
