@@ -136,6 +136,12 @@ class BucketBatching:
     unknown size go to the bucket nearest 1:1.  Leftovers at the end of the epoch form
     short batches (dropped with ``drop_last``).
 
+    The resolution-bucketed mode of the Loader: the decode step resizes (cover and
+    centre-crop) every image of a batch to its bucket.  ``schedule`` (a
+    :class:`~mmshard.samplers.resolution_schedule.MultiScaleSchedule`) sets the area per
+    epoch: ``resolution_at(epoch) ** 2`` instead of ``area`` (a multi-scale curriculum;
+    pure in the epoch, so resume is unchanged).
+
     >>> BucketBatching(ratios=(1.0, 2.0), area=64 * 64, multiple=16).bucket_sizes()
     [(64, 64), (48, 96)]
     """
@@ -143,6 +149,7 @@ class BucketBatching:
     ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.333, 2.0)
     area: int = 256 * 256
     multiple: int = 32
+    schedule: Any = None
     equal_counts: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,13 +158,21 @@ class BucketBatching:
         if self.area < self.multiple ** 2 or self.multiple < 1:
             raise ConfigError(f"bucket area {self.area} must be >= multiple**2 "
                               f"({self.multiple}**2) and multiple >= 1")
+        if self.schedule is not None and not callable(getattr(self.schedule, "resolution_at",
+                                                               None)):
+            raise ConfigError("bucket schedule must be a MultiScaleSchedule (resolution_at("
+                              f"epoch) -> int), got {self.schedule!r}")
 
-    def bucket_sizes(self) -> list[tuple[int, int]]:
+    def bucket_sizes(self, epoch: int | None = None) -> list[tuple[int, int]]:
+        """(height, width) per ratio; with a schedule, at ``epoch``'s resolution."""
+        area = self.area
+        if self.schedule is not None and epoch is not None:
+            area = max(self.multiple ** 2, int(self.schedule.resolution_at(epoch)) ** 2)
         out = []
         for r in self.ratios:
-            w = max(self.multiple, round(math.sqrt(self.area * r) / self.multiple)
+            w = max(self.multiple, round(math.sqrt(area * r) / self.multiple)
                     * self.multiple)
-            h = max(self.multiple, round(math.sqrt(self.area / r) / self.multiple)
+            h = max(self.multiple, round(math.sqrt(area / r) / self.multiple)
                     * self.multiple)
             out.append((h, w))
         return out
@@ -177,7 +192,7 @@ class BucketBatching:
             raise ConfigError("BucketBatching needs image width/height from manifest.parquet; "
                               "this source has none (use FixedBatching or a dataset folder)")
         bucket = self.assign(meta.width[ids], meta.height[ids])
-        sizes = self.bucket_sizes()
+        sizes = self.bucket_sizes(epoch)
         pending: list[list[int]] = [[] for _ in sizes]
         out: list[PlannedBatch] = []
 

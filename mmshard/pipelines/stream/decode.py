@@ -35,7 +35,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,37 @@ class DecodeConfig:
     json: bool = False
     emb: bool = False  # kept for old code: ``emb.npy`` -> ``"emb"`` (``npy`` covers it)
     npy: bool = True
+    # Resolution policies (RESIZE): ``packing`` = a stream.packing.PatchPacking (images
+    # become packed patch sequences; it is the image resize); ``resolution`` = a
+    # samplers.resolution_schedule.MultiScaleSchedule drawn once per epoch.
+    packing: Any = None
+    resolution: Any = None
+
+    def __post_init__(self) -> None:
+        if self.packing is not None:
+            from .packing import PatchPacking
+
+            if not isinstance(self.packing, PatchPacking):
+                raise ConfigError(f"packing must be a PatchPacking, got {self.packing!r}")
+            object.__setattr__(self, "image", replace(self.image or ImageDecode(),
+                                                      resize=self.packing))
+        if self.resolution is not None:
+            if not callable(getattr(self.resolution, "resolution_at", None)):
+                raise ConfigError("resolution must be a MultiScaleSchedule (resolution_at("
+                                  f"epoch) -> int), got {self.resolution!r}")
+            if self.image is None or not hasattr(self.image.resize, "at_resolution"):
+                raise ConfigError("a resolution schedule needs an image decode with a "
+                                  "mmshard.media.resize policy (or packing)")
+
+    def at_epoch(self, epoch: int) -> DecodeConfig:
+        """This config with the image size the resolution schedule draws for ``epoch``
+        (itself when there is no schedule)."""
+        if self.resolution is None or self.image is None:
+            return self
+        res = int(self.resolution.resolution_at(int(epoch)))
+        if self.packing is not None:
+            return replace(self, packing=self.packing.at_resolution(res))
+        return replace(self, image=replace(self.image, resize=self.image.resize.at_resolution(res)))
 
 
 def _first(sample: dict[str, Any], fields: Sequence[str]) -> tuple[str, bytes] | None:

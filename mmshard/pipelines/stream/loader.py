@@ -149,7 +149,12 @@ class _BatchWork:
             decoded[i] = decoded[src]
             keys[i] = keys[src]
             pads[i] = True
+        packed = None
+        if self.decode.packing is not None:  # variable resolution: images -> patch sequences
+            decoded, packed = self.decode.packing.pack_decoded(decoded)
         batch = collate(decoded)  # type: ignore[arg-type]
+        if packed is not None:
+            batch.update(packed)
         batch["__key__"] = keys
         batch["__pad__"] = torch.tensor(pads, dtype=torch.bool)
         if self.mixing:
@@ -351,6 +356,7 @@ class Loader:
         if self._done >= len(plan):  # finished epoch: the next pass is the next epoch
             self._epoch, self._done, self._segments = self._epoch + 1, 0, []
             plan = self._plan()
+        self._work.decode = self.decode.at_epoch(self._epoch)  # a resolution schedule's draw
         t0 = time.perf_counter()
         first = True
         it = self._stats_and_strip(self._fetch(plan, self._done))
