@@ -18,13 +18,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AudioOptions": "mmshard.media.audio",
+    "AuditConfig": "mmshard.pipelines.curate.audit",
     "ConfigError": "mmshard.errors",
     "DataError": "mmshard.errors",
     "Dataset": "mmshard.dataset",
+    "DedupConfig": "mmshard.pipelines.curate.dedup",
     "DatasetIndex": "mmshard.dataset",
     "DependencyMissingError": "mmshard.errors",
     "FailureRateError": "mmshard.pipelines.ingest.job",
     "ImageOptions": "mmshard.media.image",
+    "ReportConfig": "mmshard.pipelines.curate.report",
     "IngestConfig": "mmshard.pipelines.ingest.job",
     "IngestResult": "mmshard.pipelines.ingest.job",
     "JobError": "mmshard.errors",
@@ -42,8 +45,11 @@ _EXPORTS = {
     "SourceOptions": "mmshard.pipelines.ingest.sources",
     "VideoOptions": "mmshard.media.video",
     "ingest": "mmshard.pipelines.ingest.job",
+    "audit": "mmshard.pipelines.curate.audit",
+    "dedup": "mmshard.pipelines.curate.dedup",
     "inspect_dataset": "mmshard.verify",
     "make_executor": "mmshard.pipelines.executor",
+    "report_data": "mmshard.pipelines.curate.report",
     "open_dataset": "mmshard.dataset",
     "verify_dataset": "mmshard.verify",
 }
