@@ -9,6 +9,6 @@ from .dedup import DedupConfig, DedupResult, dedup
 from .report import SECTIONS, ReportConfig, report_data
 from .report_html import render_html, write_report
 
-__all__ = ["SECTIONS", "AuditConfig", "AuditResult", "DedupConfig", "DedupResult",
-           "ReportConfig", "audit", "contract_problems", "dedup", "render_html", "report_data",
+__all__ = ["AuditConfig", "AuditResult", "DedupConfig", "DedupResult", "ReportConfig",
+           "SECTIONS", "audit", "contract_problems", "dedup", "render_html", "report_data",
            "write_report"]
