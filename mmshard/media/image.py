@@ -63,6 +63,10 @@ class ImageOptions:
     verify: str = "decode"
 
     def __post_init__(self) -> None:
+        for name in ("size", "min_size", "patch", "quality", "max_pixels"):
+            v = getattr(self, name, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or (name != "quality" and v < 0):
+                raise ConfigError(f"image {name} must be an int >= 0, got {v!r}")
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"image resize {self.resize!r} unknown; allowed: "
                               f"{', '.join(RESIZE_POLICIES)}")
