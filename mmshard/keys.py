@@ -42,11 +42,16 @@ __all__ = [
 
 MAX_KEY_LEN = 80  # leaves room for ".<field>" inside a 100-byte USTAR name
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
-              "gif": "gif", "tif": "tif", "tiff": "tif"}
+              "gif": "gif", "tif": "tif", "tiff": "tif", "avif": "avif", "heic": "heic",
+              "heif": "heic", "jp2": "jp2", "j2k": "jp2", "jxl": "jxl", "ico": "ico",
+              "ppm": "ppm", "pgm": "ppm", "pbm": "ppm", "pnm": "ppm"}
 AUDIO_EXTS = {"flac": "flac", "wav": "wav", "mp3": "mp3", "ogg": "ogg", "opus": "opus",
-              "m4a": "m4a", "aac": "aac"}
+              "m4a": "m4a", "aac": "aac", "aiff": "aiff", "aif": "aiff", "wma": "wma",
+              "amr": "amr", "caf": "caf", "weba": "weba", "mka": "mka"}
 VIDEO_EXTS = {"mp4": "mp4", "webm": "webm", "mkv": "mkv", "mov": "mov", "avi": "avi",
-              "m4v": "mp4"}
+              "m4v": "mp4", "mpg": "mpg", "mpeg": "mpg", "ts": "ts", "m2ts": "m2ts",
+              "mts": "mts", "3gp": "3gp", "flv": "flv", "wmv": "wmv", "ogv": "ogv",
+              "vob": "vob"}
 TEXT_SIDECARS = {"txt", "json", "cls"}
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -86,6 +86,8 @@ def verify_dataset(root: str, *, max_problems: int = 50,
     extra = set(by_shard) - indexed
     if extra:
         bad(f"manifest rows point at shards not in index.json: {sorted(extra)[:5]}")
+    ignored = sum(r["status"] == "ignored" for r in ledger)  # files that are not inputs
+    ledger = [r for r in ledger if r["status"] != "ignored"]
     ok_keys = [r["key"] for r in ledger if r["status"] == "ok"]
     if Counter(ok_keys) != Counter(r["key"] for r in manifest):
         bad("ledger ok rows and manifest rows are not the same keys")
@@ -100,6 +102,8 @@ def verify_dataset(root: str, *, max_problems: int = 50,
         for k in ("ok", "failed", "duplicate"):
             if stats.get(k) != status.get(k, 0):
                 bad(f"stats.json {k} {stats.get(k)} != ledger {status.get(k, 0)}")
+        if stats.get("ignored", 0) != ignored:
+            bad(f"stats.json ignored {stats.get('ignored', 0)} != ledger ignored rows {ignored}")
     if len(set(r["key"] for r in ledger)) != len(ledger):
         bad("ledger has more than one row for some input")
     return problems

@@ -212,6 +212,9 @@ def summary(stats: dict[str, Any]) -> str:
     out.append("")
     out.append(f"inputs {stats['inputs']} = ok {stats['ok']} + failed {stats['failed']} + "
                f"duplicate {stats['duplicate']}")
+    if stats.get("ignored"):
+        out.append(f"ignored {stats['ignored']} file(s) that are not media (not inputs; "
+                   "ledger rows with status ignored)")
     if stats["failures_by_reason"]:
         out.append("failures: " + ", ".join(f"{k} {v}" for k, v in
                                             stats["failures_by_reason"].items()))

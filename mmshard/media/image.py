@@ -24,13 +24,39 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from .resize import CenterCrop, Longest, NoResize, PadToMultiple, Resize, Shortest
 
-__all__ = ["RESIZE_POLICIES", "ImageOptions", "ProcessedMedia", "process_image", "target_size"]
+__all__ = ["RESIZE_POLICIES", "ImageOptions", "ProcessedMedia", "process_image",
+           "register_image_plugins", "target_size"]
 
 RESIZE_POLICIES = ("none", "shortest", "longest", "center_crop", "pad_multiple")
 FORMATS = ("keep", "jpg", "webp", "png")
 VERIFY_MODES = ("decode", "structure")
 _PIL_TO_FIELD = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-                 "TIFF": "tif", "MPO": "jpg"}
+                 "TIFF": "tif", "MPO": "jpg", "AVIF": "avif", "HEIF": "heic",
+                 "JPEG2000": "jp2", "JXL": "jxl", "ICO": "ico", "PPM": "ppm"}
+_PLUGINS: list[str] = []  # Pillow plug-ins registered by register_image_plugins()
+
+
+def register_image_plugins() -> tuple[str, ...]:
+    """Register the optional Pillow plug-ins once per process: pillow-heif (HEIC/HEIF)
+    and pillow-jxl-plugin (JPEG XL).  AVIF, JPEG 2000, ICO and PPM are Pillow built-ins.
+    Returns the plug-ins that loaded; a missing one means those files fail as
+    ``not_an_image`` with a hint in the detail."""
+    if not _PLUGINS:
+        _PLUGINS.append("")  # tried
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _PLUGINS.append("pillow_heif")
+        except ImportError:
+            pass
+        try:
+            import pillow_jxl  # noqa: F401  (registers the JXL opener on import)
+
+            _PLUGINS.append("pillow_jxl")
+        except ImportError:
+            pass
+    return tuple(x for x in _PLUGINS if x)
 _FIELD_TO_PIL = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
@@ -123,6 +149,7 @@ def target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
 def _open(data: bytes, opts: ImageOptions):
     from PIL import Image, UnidentifiedImageError
 
+    register_image_plugins()
     if not data:
         raise DataError("empty_file", "zero-byte image")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and \

@@ -206,7 +206,7 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     seconds = run_stats.get("seconds") or 0.0
     stats = {
         "name": name, "inputs": inputs, "ok": totals["ok"], "failed": totals["failed"],
-        "duplicate": totals["duplicate"],
+        "duplicate": totals["duplicate"], "ignored": totals["ignored"],
         "failure_rate": round(totals["failed"] / inputs, 6) if inputs else 0.0,
         "failures_by_reason": dict(sorted(failures.items())),
         "modalities": dict(sorted(modalities.items())),

@@ -259,7 +259,8 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
                         for it in s.items}
         stats = commit_dataset(storage, name=name, shard_order=[s.name for s in all_shards],
-                               extra_ledger=dup_rows, config=job, run_stats=run_stats,
+                               extra_ledger=dup_rows + _ignored_rows(ignored), config=job,
+                               run_stats=run_stats,
                                shard_round=shard_round, latest_round=latest_round,
                                labels=labels)
     finally:
@@ -276,6 +277,14 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
 
 
 RETRIES_FILE = "_work/retries.json"
+
+
+def _ignored_rows(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """One ``ignored`` ledger row per file that is not an input (not counted in inputs)."""
+    detail = ("neither image, audio nor video by extension or content, or a sidecar "
+              "without a media file of the same stem")
+    return [{"source": p, "key": None, "status": "ignored", "reason": "not_media",
+             "detail": detail, "shard": None, "split": None} for p in paths]
 
 
 

@@ -235,9 +235,12 @@ def _tree_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[Input
     items = []
     for ident in sorted(stems):
         exts = stems[ident]
-        media = [(media_field(e), p) for e, (p, _) in exts.items() if media_field(e)]
+        sniffed = {e: _sniff_unknown(p, root, opts) for e, (p, _) in exts.items()
+                   if not media_field(e) and e not in TEXT_SIDECARS}  # by magic bytes
+        media = [(media_field(e) or sniffed[e], p) for e, (p, _) in exts.items()
+                 if media_field(e) or sniffed.get(e)]
         side = [(e, p) for e, (p, _) in exts.items() if e in TEXT_SIDECARS]
-        other = [p for e, (p, _) in exts.items() if not media_field(e) and e not in TEXT_SIDECARS]
+        other = [p for e, (p, _) in exts.items() if e in sniffed and not sniffed[e]]
         error = None
         if media and not is_url(root):  # media first, then sidecars: the first problem wins
             error = next(filter(None, (check_local_path(p, root, opts.follow_symlinks)
@@ -264,6 +267,25 @@ def _tree_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[Input
             size=0 if error else sum(s for _, s in exts.values()), error=error,
         ))
     return items
+
+
+def _sniff_unknown(path: str, root: str, opts: SourceOptions) -> str | None:
+    """The media field of a file whose extension names no medium, from its first bytes
+    (None: not media, or not safe to open, which the caller then ignores)."""
+    from ...media.sniff import sniff_file
+
+    if not is_url(root) and check_local_path(path, root, opts.follow_symlinks) is not None:
+        return None
+    return sniff_file(path)
+
+
+def _no_media_error(src: str, ignored: list[str]) -> SourceError:
+    shown = ", ".join(os.path.basename(p) for p in ignored[:3])
+    return SourceError(
+        f"source {src!r} holds no media: {len(ignored)} file(s) there are neither image, "
+        f"audio nor video by extension or content{f' (e.g. {shown})' if shown else ''}; "
+        "give a folder, glob or manifest of media files (supported: mmshard.keys."
+        "IMAGE_EXTS, AUDIO_EXTS, VIDEO_EXTS)")
 
 
 # ------------------------------------------------------------------ manifest sources
@@ -466,7 +488,11 @@ def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
         if lower.endswith(MANIFEST_EXTS):
             items.extend(_manifest_items(src, opts))
         else:
-            items.extend(_tree_items(src, opts, ignored))
+            before = len(ignored)
+            found = _tree_items(src, opts, ignored)
+            if not found:  # nothing to ingest is a mistake in the arguments: exit 2
+                raise _no_media_error(src, ignored[before:])
+            items.extend(found)
     items = _separate_failed(items)
     items.sort(key=lambda it: it.key)
     dups = [(a, b) for a, b in zip(items, items[1:]) if a.key == b.key]
