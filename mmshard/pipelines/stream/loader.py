@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, ShardError
 from ...samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMeta
 from ...samplers.mixing import Mixing
 from ...samplers.order import EpochOrder
+from .audit import EpochAudit, check_epoch
 from .cache import CacheConfig, cache_stats, prefetch_batches, with_cache
 from .decode import DecodeConfig, collate, decode_sample
+from .filters import filter_fingerprint, keep_mask
 from .plan import EpochPlanner
 from .source import (
     DatasetSource,
@@ -104,12 +106,17 @@ class _BatchWork:
     """Decodes planned batches; picklable into DataLoader workers (readers reopen)."""
 
     def __init__(self, sources: Sequence[ResolvedSource], decode: DecodeConfig,
-                 on_error: str, meta: SampleMeta, mixing: bool) -> None:
+                 on_error: str, meta: SampleMeta, mixing: bool,
+                 labels: Sequence[list[str] | None] | None = None,
+                 expect: Sequence[str] = ()) -> None:
         self.readers = [ShardReader(s) for s in sources]
         self.decode = decode
         self.on_error = on_error
         self.meta_groups = meta.groups
+        self.meta_keys = meta.keys
         self.mixing = mixing
+        self.labels = labels
+        self.expect = tuple(expect)
         starts, owner, local = [0], [], []
         for d, s in enumerate(sources):
             for i, c in enumerate(s.counts):
@@ -123,27 +130,24 @@ class _BatchWork:
     def load(self, pb: PlannedBatch) -> dict[str, Any]:
         import torch
 
-        shards = np.searchsorted(self.starts, pb.ids, side="right") - 1
         decoded: list[dict[str, Any] | None] = []
         keys: list[str] = []
         pads = pb.pad.tolist()
         errors: Counter[str] = Counter()
+        per_shard: dict[str, Counter[str]] = {}
         bad_keys: list[str] = []
-        for gid, sh in zip(pb.ids.tolist(), shards.tolist(), strict=True):
-            raw = self.readers[self.owner[sh]].read(self.local[sh], gid - int(self.starts[sh]))
-            keys.append(raw["__key__"])
-            try:
-                decoded.append(decode_sample(raw, self.decode, size_hint=pb.size))
-            except DataError as e:
-                if self.on_error == "raise":
-                    raise
-                errors[e.reason] += 1
-                bad_keys.append(f"{e.shard}:{e.key}")
-                decoded.append(None)
+        for gid in pb.ids.tolist():
+            key, dec, err = self._one(gid, pb.size)
+            keys.append(key)
+            decoded.append(dec)
+            if err is not None:
+                errors[err[1]] += 1
+                per_shard.setdefault(err[0], Counter())[err[1]] += 1
+                bad_keys.append(f"{err[0]}:{key}")
         good = [i for i, d in enumerate(decoded) if d is not None]
-        if not good:
-            raise DataError("batch_all_corrupt", f"every sample of a batch failed to decode: "
-                            f"{bad_keys[:5]}")
+        if not good:  # nothing readable in this batch: stand in the next readable sample
+            good = self._stand_in(pb, decoded, keys, bad_keys)
+            pads[good[0]] = True
         for n, i in enumerate(i for i, d in enumerate(decoded) if d is None):
             src = good[n % len(good)]  # keep the batch shape: repeat a good one, flag it
             decoded[i] = decoded[src]
@@ -152,7 +156,7 @@ class _BatchWork:
         packed = None
         if self.decode.packing is not None:  # variable resolution: images -> patch sequences
             decoded, packed = self.decode.packing.pack_decoded(decoded)
-        batch = collate(decoded)  # type: ignore[arg-type]
+        batch = collate(decoded, self.expect)  # type: ignore[arg-type]
         if packed is not None:
             batch.update(packed)
         batch["__key__"] = keys
@@ -176,7 +180,50 @@ class _BatchWork:
             batch["__pos_mask__"] = pos
         batch["__stats__"] = {"skipped": sum(errors.values()), "errors": dict(errors),
                               "cache": cache_stats(self)}
+        batch["__stats__"]["shards"] = {u: dict(c) for u, c in per_shard.items()}
         return batch
+
+    def _one(self, gid: int, size: tuple[int, int] | None
+             ) -> tuple[str, dict[str, Any] | None, tuple[str, str] | None]:
+        """``(key, decoded or None, (shard, reason) of a skip)`` of one sample."""
+        sh = int(np.searchsorted(self.starts, gid, side="right") - 1)
+        d, reader = self.owner[sh], self.readers[self.owner[sh]]
+        url = reader.source.urls[self.local[sh]]
+        key = "" if self.meta_keys is None else str(self.meta_keys[gid])
+        try:
+            raw = reader.read(self.local[sh], gid - int(self.starts[sh]))
+            key = raw["__key__"]
+            dec = decode_sample(raw, self.decode, size_hint=size)
+            if self.labels is not None and "cls" in dec:
+                names = self.labels[d]
+                if names is None or not 0 <= dec["cls"] < len(names):
+                    raise DataError("bad_label", f"label id {dec['cls']} is not in labels.json "
+                                    f"({0 if names is None else len(names)} names)",
+                                    key=key, shard=url)
+                dec["label_name"] = names[dec["cls"]]
+        except (DataError, ShardError) as e:
+            if self.on_error == "raise":
+                raise
+            return key, None, (url, getattr(e, "reason", "unreadable_shard"))
+        return key, dec, None
+
+    def _stand_in(self, pb: PlannedBatch, decoded: list[Any], keys: list[str],
+                  bad_keys: list[str]) -> list[int]:
+        """A whole batch failed (``on_error="skip"``): decode the first readable sample
+        after it in id order (same dataset), flagged as padding; deterministic."""
+        gid = int(pb.ids[0])
+        sh = int(np.searchsorted(self.starts, gid, side="right") - 1)
+        d = self.owner[sh]
+        first = [i for i, o in enumerate(self.owner) if o == d]
+        lo, hi = int(self.starts[first[0]]), int(self.starts[first[-1] + 1])
+        for step in range(1, min(64, hi - lo) + 1):
+            cand = lo + (gid - lo + step) % (hi - lo)
+            key, dec, _ = self._one(cand, pb.size)
+            if dec is not None:
+                decoded[0], keys[0] = dec, key
+                return [0]
+        raise DataError("batch_all_corrupt", f"every sample of a batch failed and no "
+                        f"readable sample was found near it: {bad_keys[:5]}")
 
     def _sources(self, ids: np.ndarray) -> np.ndarray:
         shards = np.searchsorted(self.starts, ids, side="right") - 1
@@ -211,6 +258,8 @@ class Loader:
                  drop_last: bool = False, weights: Sequence[float] | None = None,
                  stratify: bool = False, samples_per_epoch: int | None = None,
                  batching: Batching | None = None, decode: DecodeConfig | None = None,
+                 filter: str | Callable[[dict[str, Any]], bool] | None = None,  # noqa: A002
+                 label_names: bool = False,
                  on_error: str = "raise", pin_memory: bool | None = None, prefetch: int = 2,
                  device: str | None = None, cache_dir: str | None = None,
                  cache_limit: int | str = "20GB") -> None:
@@ -252,19 +301,25 @@ class Loader:
         self.prefetch = prefetch
         self.device = device
         self.meta = _merge_meta(self.sources)
+        self._keep = [keep_mask(s, filter) for s in self.sources]
+        self.filter = filter
+        labels = [_label_names(s) for s in self.sources] if label_names else None
         self.planner = EpochPlanner(
             counts=[s.counts for s in self.sources], meta=self.meta,
             order=EpochOrder(seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
                              pad_policy=pad_policy),
             batching=self.batching, batch_size=batch_size, drop_last=drop_last,
-            mixing=mixing)
+            mixing=mixing, keep=self._keep)
         self._work = _BatchWork(self.sources, self.decode, on_error, self.meta,
-                                mixing is not None)
+                                mixing is not None, labels=labels,
+                                expect=_optional_outputs(self.sources, self.decode, label_names))
+        self._audits: dict[int, EpochAudit] = {}
         self._epoch = 0
         self._done = 0
         self._segments: list[tuple[int, int]] = []
         self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "padded": 0, "skipped": 0,
-                                      "errors": {}, "time_to_first_batch_s": None,
+                                      "errors": {}, "shards": {},
+                                      "time_to_first_batch_s": None,
                                       "cache": {}}
 
     # -- plan and position ---------------------------------------------------------------
@@ -290,7 +345,9 @@ class Loader:
                 "num_samples": [s.num_samples for s in self.sources],
                 "batching": type(self.batching).__name__,
                 "order": [self.planner.order.shuffle, self.planner.order.shuffle_buffer,
-                          self.planner.order.pad_policy, self.planner.drop_last]}
+                          self.planner.order.pad_policy, self.planner.drop_last],
+                **({"filter": filter_fingerprint(self._keep)} if self.filter is not None
+                   else {})}
 
     def state_dict(self) -> dict[str, Any]:
         """The position: epoch, batches yielded this epoch, world size, elastic segments."""
@@ -359,7 +416,7 @@ class Loader:
         self._work.decode = self.decode.at_epoch(self._epoch)  # a resolution schedule's draw
         t0 = time.perf_counter()
         first = True
-        it = self._stats_and_strip(self._fetch(plan, self._done))
+        it = self._audited(self._stats_and_strip(self._fetch(plan, self._done)), plan)
         if self.device is not None and str(self.device).startswith("cuda"):
             it = _cuda_prefetch(it, self.device)
         for batch in it:
@@ -378,9 +435,111 @@ class Loader:
             self.stats["skipped"] += st["skipped"]
             for k, v in st["errors"].items():
                 self.stats["errors"][k] = self.stats["errors"].get(k, 0) + v
+            for url, counts in st.get("shards", {}).items():
+                mine = self.stats["shards"].setdefault(url, {})
+                for k, v in counts.items():
+                    mine[k] = mine.get(k, 0) + v
             for k, v in st.get("cache", {}).items():
                 self.stats["cache"][k] = self.stats["cache"].get(k, 0) + v
             yield batch
+
+
+    # -- stream audit --------------------------------------------------------------------
+    def _audited(self, it: Iterator[dict[str, Any]], plan: list[PlannedBatch]
+                 ) -> Iterator[dict[str, Any]]:
+        audit = self._audits.get(self._epoch)
+        if audit is None or audit.world_size != self.world_size:
+            audit = self._audits[self._epoch] = EpochAudit(
+                epoch=self._epoch, rank=self.rank, world_size=self.world_size,
+                start_batch=self._done)
+        i = self._done  # its own count: the CUDA prefetch pulls one batch ahead
+        for batch in it:
+            pb = plan[i]
+            i += 1
+            audit.add(pb.ids, batch["__pad__"].numpy(), pb.pad)
+            yield batch
+
+    @property
+    def audit(self) -> list[dict[str, Any]]:
+        """Per epoch iterated on this rank: ``batches``, ``delivered`` (real samples),
+        ``padded``, ``skipped``, ``duplicates`` (a real sample twice this epoch on this
+        rank), ``order_hash`` (same hash = same stream) and ``start_batch`` (> 0 after a
+        resume)."""
+        return [a.record() for _, a in sorted(self._audits.items())]
+
+    def audit_check(self, epoch: int | None = None) -> dict[str, Any]:
+        """Check an epoch over all ranks: ``overlap`` (samples delivered on two ranks),
+        ``missing`` (samples of the epoch nobody delivered; equal to ``skipped`` when
+        all is well), ``ok``.  With ``world_size > 1`` it all-gathers over
+        torch.distributed: call it on every rank.  Batches before a resume point are
+        taken from the plan.  Coverage is checked for a single dataset with
+        ``pad_policy="wrap"`` and no ``drop_last`` (otherwise ``missing`` is None);
+        with ``NegativeCoBatching`` negatives repeat samples by design.
+
+        >>> loader.audit_check()["ok"]                                # doctest: +SKIP
+        True
+        """
+        epoch = max(self._audits) if epoch is None and self._audits else epoch
+        if epoch not in self._audits:
+            raise ConfigError(f"no audit for epoch {epoch}: iterate the loader first "
+                              f"(audited epochs: {sorted(self._audits) or 'none'})")
+        audit = self._audits[epoch]
+        plan = self.planner.rank_plan(epoch=epoch, rank=self.rank, world_size=self.world_size,
+                                      segments=self._segments if epoch == self._epoch else ())
+        before = [b.ids[~b.pad] for b in plan[:audit.start_batch]]
+        if self._segments and epoch == self._epoch:
+            before.append(self.planner.consumed(epoch=epoch, segments=self._segments)
+                          if self.rank == 0 else np.zeros(0, dtype=np.int64))
+        expected = None
+        order = self.planner.order
+        if len(self.sources) == 1 and order.pad_policy == "wrap" and not self.planner.drop_last:
+            keep = self._keep[0]
+            expected = np.arange(self.meta.num_samples) if keep is None else np.flatnonzero(keep)
+        return check_epoch(audit, before=np.concatenate([np.zeros(0, np.int64), *before]),
+                           expected=expected)
+
+
+def _label_names(src: ResolvedSource) -> list[str] | None:
+    """labels.json names (C5) of a dataset source; ConfigError when it has none."""
+    import json
+
+    from ...storage import Storage
+
+    if src.root is None:
+        raise ConfigError(f"label_names=True needs dataset folders; {src.name!r} is a shard list")
+    store = Storage(src.root, src.storage_options)
+    if not store.exists("labels.json"):
+        raise ConfigError(f"label_names=True but {store.path('labels.json')} does not exist "
+                          "(the dataset has no string labels): drop label_names")
+    try:
+        names = json.loads(store.read_bytes("labels.json"))["names"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{store.path('labels.json')} is not {{\"names\": [...]}}: {e}") from e
+    return [str(n) for n in names]
+
+
+def _optional_outputs(sources: Sequence[ResolvedSource], decode: DecodeConfig,
+                      label_names: bool) -> tuple[str, ...]:
+    """Decoded names some sources offer and others lack (C6: their ``__has__`` mask is
+    in every batch, so a batch drawn only from the lacking source still carries them)."""
+    def outputs(fields: Sequence[str]) -> set[str]:
+        out = set()
+        for f in fields:
+            if f == "txt" and decode.text:
+                out.add("txt")
+            elif f == "cls" and decode.label:
+                out.update(("cls", "label_name") if label_names else ("cls",))
+            elif f == "json" and decode.json:
+                out.add("json")
+            elif f.endswith(".npy") and (decode.npy or f == "emb.npy") and \
+                    not (decode.mel is not None and f == decode.mel.field):
+                out.add(f[:-4])
+        return out
+
+    known = [outputs(s.fields) for s in sources if s.fields]
+    if len(known) < 2:
+        return ()
+    return tuple(sorted(set.union(*known) - set.intersection(*known)))
 
 
 def _cuda_prefetch(it: Iterator[dict[str, Any]], device: str) -> Iterator[dict[str, Any]]:

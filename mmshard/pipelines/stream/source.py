@@ -162,6 +162,9 @@ class ShardReader:
             f.seek(0)
             try:
                 idx = TarIndex.scan(f, url)
+                cut = _cut_short(f, idx)
+                if cut:
+                    raise ShardError(cut)
             except ShardError as e:  # keep what is readable; reads past it raise
                 idx = salvage_index(f, url, e)
             self._index[url] = idx
@@ -186,15 +189,15 @@ class ShardReader:
         """``{"__key__", "__url__", field: bytes}`` of one sample, sidecars joined."""
         url = self.source.urls[shard]
         idx = self.index(url)
-        if offset >= len(idx.keys):
-            raise ShardError(f"{url} has {len(idx.keys)} samples, index.json says "
-                             f"{self.source.counts[shard]}: the index is stale")
         if offset >= len(idx.keys) and idx.damage is not None:
             want = self._want(shard, offset)
             raise _reason(ShardError(
                 f"shard {url} is damaged ({idx.damage}): sample {offset}"
                 f"{f' (key {want!r})' if want else ''} cannot be read; its first "
                 f"{len(idx.keys)} samples can (on_error='skip' serves them)"), "unreadable_shard")
+        if offset >= len(idx.keys):
+            raise ShardError(f"{url} has {len(idx.keys)} samples, index.json says "
+                             f"{self.source.counts[shard]}: the index is stale")
         key = idx.keys[offset]
         if offset in idx.tainted:
             raise _reason(ShardError(f"sample {key!r} of shard {url} refused: "
@@ -233,6 +236,21 @@ class ShardReader:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def _cut_short(f: IO[bytes], idx: TarIndex) -> str | None:
+    """Why a cleanly indexed tar is still truncated (a cut at a header boundary looks
+    like the end of the archive to a header walk), or None."""
+    ends = [off + size for m in idx.members for off, size in m.values()]
+    end = (max(ends, default=0) + 511) // 512 * 512
+    f.seek(0, 2)
+    if f.tell() < max(end, 512):
+        return "the file ends inside a member"
+    f.seek(end)
+    marker = f.read(1024)
+    if marker != b"\0" * 1024:
+        return "the file ends before the tar end-of-archive marker (truncated)"
+    return None
 
 
 def _reason(e: ShardError, reason: str) -> ShardError:
