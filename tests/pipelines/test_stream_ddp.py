@@ -1,4 +1,5 @@
-"""Two real torch.distributed (gloo) processes step together through uneven shards."""
+"""Two real torch.distributed (gloo) processes step together through uneven shards, and
+their stream audit, all-gathered, shows disjoint ranks that cover the epoch."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     try:
         result = {}
         for name, kw in (("eval", dict(shuffle=False)),
-                         ("train", dict(batching=GroupAwareBatching(), num_workers=1))):
+                         ("train", dict(batching=GroupAwareBatching(), num_workers=1)),
+                         # a classic bug: every process thinks it is rank 0
+                         ("same_rank", dict(shuffle=False, rank=0, world_size=2))):
             ld = Loader(root, batch_size=3, seed=11, **kw)  # rank/world from torch.distributed
             keys, steps = [], 0
             for batch in ld:
@@ -42,7 +45,8 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
                 keys += [k for k, p in zip(batch["__key__"], batch["__pad__"].tolist())
                          if not p]
             result[name] = {"steps": steps, "len": len(ld), "keys": keys,
-                            "rank": ld.rank, "world": ld.world_size}
+                            "rank": ld.rank, "world": ld.world_size,
+                            "audit": ld.audit[0], "check": ld.audit_check()}
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -67,7 +71,19 @@ def test_two_gloo_ranks_finish_an_uneven_epoch_in_lockstep(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["eval"]["rank"] for r in res] == [0, 1] and res[0]["eval"]["world"] == 2
-    for mode in ("eval", "train"):
+    for mode in ("eval", "train", "same_rank"):
         assert res[0][mode]["steps"] == res[1][mode]["steps"] == res[0][mode]["len"]
     assert sorted(res[0]["eval"]["keys"] + res[1]["eval"]["keys"]) == \
         sorted(info.keys["train"])
+    # the stream audit: all-gathered over gloo, ranks disjoint and covering the epoch
+    for mode in ("eval", "train"):
+        c0, c1 = res[0][mode]["check"], res[1][mode]["check"]
+        assert c0 == c1 and c0["ok"] and c0["overlap"] == 0 and c0["missing"] == 0
+        assert c0["unique"] == len(info.keys["train"])
+        for r in range(2):
+            a = res[r][mode]["audit"]
+            assert a["delivered"] == len(res[r][mode]["keys"]) and a["duplicates"] == 0
+            assert a["batches"] == res[r][mode]["steps"]
+    bad = res[0]["same_rank"]["check"]  # the audit catches it on every rank
+    assert bad == res[1]["same_rank"]["check"] and not bad["ok"]
+    assert bad["overlap"] == bad["unique"] > 0 and bad["missing"] > 0
