@@ -42,7 +42,7 @@ FLAG_TO_CONFIG = {
     "key_scheme": "sources.key_scheme", "path_column": "sources.path_columns",
     "caption_column": "sources.caption_column", "label_column": "sources.label_column",
     "group_column": "sources.group_column", "group_level": "sources.group_level",
-    "group_regex": "sources.group_regex",
+    "group_regex": "sources.group_regex", "repeated_paths": "sources.repeated_paths",
     "follow_symlinks": "sources.follow_symlinks", "allow_schemes": "sources.allow_schemes",
     "image_resize": "image.resize", "image_size": "image.size", "image_patch": "image.patch",
     "image_format": "image.format", "image_quality": "image.quality",
@@ -96,6 +96,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="manifest column with http(s) URLs to download (same as --path-column)")
     s.add_argument("--caption-column", help="manifest caption column (default: caption/text)")
     s.add_argument("--label-column", help="manifest label column (default: label/cls)")
+    rep = s.add_mutually_exclusive_group()
+    rep.add_argument("--group-captions", dest="repeated_paths", action="store_const",
+                     const="group", help="manifest rows naming the same media become one "
+                     "sample: first caption in txt, all in json.meta.captions")
+    rep.add_argument("--sample-per-row", dest="repeated_paths", action="store_const",
+                     const="rows", help="one sample per manifest row even when rows repeat a "
+                     "path (keys <path>_row<N>)")
     grp = s.add_mutually_exclusive_group()
     grp.add_argument("--group-column", help="manifest column with the group id")
     grp.add_argument("--group-level", type=int,

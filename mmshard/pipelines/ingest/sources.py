@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from ...errors import ConfigError, SourceError
 from ...keys import KEY_RE, TEXT_SIDECARS, disambiguate_key, hash_key, media_field, path_key
 from ...storage import LOCAL_SCHEMES, file_kind, is_url, local_path
+from .captions import REPEATED_PATHS, resolve_repeated
 
 __all__ = ["InputItem", "SourceOptions", "collect_inputs"]
 
@@ -59,8 +60,12 @@ class SourceOptions:
     group_regex: str | None = None
     follow_symlinks: bool = False
     allow_schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    repeated_paths: str = "error"  # manifest rows naming the same media: captions.py
 
     def __post_init__(self) -> None:
+        if self.repeated_paths not in REPEATED_PATHS:
+            raise ConfigError(f"repeated_paths {self.repeated_paths!r} unknown; allowed: "
+                              f"{', '.join(REPEATED_PATHS)}")
         if self.key_scheme not in ("path", "hash"):
             raise ConfigError(f"key_scheme {self.key_scheme!r} unknown; allowed: path, hash")
         if isinstance(self.allow_schemes, str):
@@ -415,7 +420,9 @@ def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
     if bad_keys:
         raise SourceError(f"{len(bad_keys)} value(s) of key column {key_col!r} in {src!r} are "
                           f"not valid keys ([A-Za-z0-9_-]+, at most 80 chars): {bad_keys[:5]}")
-    return items
+    if key_col:  # explicit unique keys: rows naming the same media are distinct samples
+        return items
+    return resolve_repeated(items, opts.repeated_paths, opts.key_scheme, src)
 
 
 def urljoin_root(p: str, root: str, opts: SourceOptions

@@ -59,7 +59,12 @@ def _feature(name: str, tokenizer: str, field: str) -> None:
         from ...tokenizers import audio_features  # noqa: F401  (registers the tokenizers)
         from ...tokenizers.base import build_tokenizer
 
-        tok = build_tokenizer(tokenizer, dict(options))
+        opts = dict(options)
+        if "dtype" in opts:  # ``--option mel.dtype=float32``: the stored dtype, short name
+            if "storage_dtype" in opts:
+                raise ConfigError(f"{name}: give dtype or storage_dtype, not both")
+            opts["storage_dtype"] = opts.pop("dtype")
+        tok = build_tokenizer(tokenizer, opts)
 
         def compute(audio: tuple[np.ndarray, int]) -> dict[str, bytes]:
             x, sr = audio
