@@ -43,3 +43,32 @@ def test_train_clip_resumes_like_an_uninterrupted_run(tmp_path, train_clip):
     assert (tmp_path / "b" / "last.pt").exists()
     assert part["keys"] + rest["keys"] == full["keys"]
     assert rest["losses"] == pytest.approx(full["losses"][2:], rel=1e-4, abs=1e-5)
+
+
+def test_train_clip_on_packed_variable_resolution_photos(tmp_path, train_clip):
+    """Real-sized photos (1600x1000, 640x480 ...) ingested as they are, then trained on
+    as NaViT-packed patch sequences at their own aspect; resume stays exact."""
+    from mmshard.pipelines.executor import LocalExecutor
+    from mmshard.pipelines.ingest.job import IngestConfig, ingest
+    from mmshard.synth import photo_like
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    sizes = [(1600, 1000), (640, 480), (480, 640), (1000, 1000), (1600, 1000), (640, 480),
+             (800, 320), (320, 800)]
+    for i, (w, h) in enumerate(sizes):
+        photo_like(w, h, seed=i).save(src / f"p{i}.jpg", quality=85)
+        (src / f"p{i}.txt").write_text(f"photo {i} of {w} by {h}")
+    ingest([str(src)], str(tmp_path / "ds"), IngestConfig(), executor=LocalExecutor(1))
+    common = [str(tmp_path / "ds"), "--batch-size", "4", "--packed", "--patch", "32",
+              "--max-tokens", "64"]
+    full = train_clip.main([*common, "--steps", "3", "--out", str(tmp_path / "a")])
+    assert full["step"] == 3 and all(math.isfinite(x) for x in full["losses"])
+    grids = [tuple(g) for step in full["grids"] for g in step]
+    assert len(set(grids)) > 2  # variable resolution: several grid shapes, none over budget
+    assert all(r * c <= 64 for r, c in grids)
+    assert (6, 10) in grids  # 1600x1000 (w x h): Pix2Struct grid of 6 x 10 <= 64 patches
+    part = train_clip.main([*common, "--steps", "1", "--out", str(tmp_path / "b")])
+    rest = train_clip.main([*common, "--steps", "3", "--out", str(tmp_path / "b")])
+    assert part["keys"] + rest["keys"] == full["keys"]
+    assert rest["losses"] == pytest.approx(full["losses"][1:], rel=1e-4, abs=1e-5)
