@@ -256,3 +256,49 @@ def test_integer_ids_round_trip_unchanged(arr):
     out = _as_ids([a], "p:f", False, None)
     np.testing.assert_array_equal(out, a)
     assert out.dtype == np.int64
+
+
+# ------------------------------------------------------------------ vq with a resize policy
+
+@pytest.fixture(scope="module")
+def vq_file(tmp_path_factory):
+    from mmshard.synth import smooth_image
+    from mmshard.tokenizers.patch_vq import PatchVQTokenizer
+
+    rng = np.random.default_rng(0)
+    tok = PatchVQTokenizer.fit([smooth_image(rng, 64) for _ in range(4)], patch=16, k=8,
+                               seed=0)
+    path = tmp_path_factory.mktemp("vq") / "vq.safetensors"
+    tok.save(path)
+    return str(path)
+
+
+def test_vq_bounds_a_big_photo_by_default_and_takes_a_resize_policy(vq_file):
+    photo = np.zeros((1600, 2560, 3), np.uint8)  # a 2560x1600 photo
+    default = build_field_set("vq", {"codebook_path": vq_file})
+    assert load_npy(default.compute(photo)["vq.npy"]).shape == (20, 32)  # longest 512
+    assert default.provenance["resize"]["policy"] == "longest"
+    assert default.provenance["resize"]["size"] == 512
+    small = np.zeros((64, 48, 3), np.uint8)  # never upscaled by the default
+    assert load_npy(default.compute(small)["vq.npy"]).shape == (4, 3)
+    asked = build_field_set("vq", {"codebook_path": vq_file, "resize": "max_patches",
+                                   "max_patches": 60})
+    grid = load_npy(asked.compute(photo)["vq.npy"])
+    assert grid.size <= 60 and asked.provenance["resize"]["max_patches"] == 60
+    size = build_field_set("vq", {"codebook_path": vq_file, "size": 256})  # default's class
+    assert load_npy(size.compute(photo)["vq.npy"]).shape == (10, 16)
+    full = build_field_set("vq", {"codebook_path": vq_file, "resize": "none"})
+    assert load_npy(full.compute(photo)["vq.npy"]).shape == (100, 160)  # 16,000 tokens
+    with pytest.raises(ConfigError, match="allowed: .*codebook_path.*resize.*size"):
+        build_field_set("vq", {"codebook_path": vq_file, "sise": 3})
+    with pytest.raises(ConfigError, match="resize policy"):
+        build_field_set("vq", {"codebook_path": vq_file, "resize": "bogus"})
+
+
+def test_vqvae_takes_a_resize_policy(ckpt):
+    fs = build_field_set("vqvae", {"path": ckpt, "resize": "pad_multiple", "size": 30})
+    grid = load_npy(fs.compute(np.zeros((50, 70, 3), np.uint8))["vqvae.npy"])
+    assert grid.shape == (6, 8)  # 21x30 padded to multiples of the factor 4: 24x32
+    assert fs.provenance["resize"]["policy"] == "pad_multiple"
+    with pytest.raises(ConfigError, match="not both"):
+        build_field_set("vqvae", {"path": ckpt, "resize": "longest", "image_size": 8})
