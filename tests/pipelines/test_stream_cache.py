@@ -117,11 +117,11 @@ def test_two_ranks_two_workers_share_a_small_cache(s3, tmp_path):  # noqa: F811
     limit = total // 3
     cache = tmp_path / "cache"
     want = [run_epoch(str(local), r, 2, 0)[0] for r in (0, 1)]
-    procs = [spawn(url, json.dumps(s3), r, 2, 2, cache, limit, tmp_path / f"r{r}.json")
-             for r in (0, 1)]
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out.decode()[-3000:]
+    # rank 1 in another process, rank 0 here, at the same time, each with 2 workers
+    proc = spawn(url, json.dumps(s3), 1, 2, 2, cache, limit, tmp_path / "r1.json")
+    child(url, json.dumps(s3), 0, 2, 2, str(cache), str(limit), str(tmp_path / "r0.json"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out.decode()[-3000:]
     got = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1)]
     assert [g["keys"] for g in got] == want  # same batches as the local folder, per rank
     assert len(want[0]) == len(want[1])
