@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import ConfigError
-from ._common import add_executor_args, load_yaml, make_executor_from_args, table
+from ._common import add_config_arg, add_executor_args, job_config, make_executor_from_args, table
 
 EXAMPLE = """\
 examples:
@@ -45,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="a dataset folder made by `mmshard ingest`")
     p.add_argument("--out", required=True, help="output folder or URL for the clips dataset")
-    p.add_argument("--config", help="YAML with ClipsConfig fields; flags override it")
+    add_config_arg(p, "ClipsConfig")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a previous clips dataset in --out and start clean")
     g = p.add_argument_group("planning")
@@ -80,29 +79,29 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`ClipsConfig` of ``--config`` YAML overridden by the given flags."""
     from ..pipelines.clips.job import ClipsConfig
 
-    data = load_yaml(args.config)
-    for dest, name in FLAG_TO_CONFIG.items():
-        v = getattr(args, dest, None)
-        if v is not None:
-            data[name] = v
-    if not isinstance(data, dict):  # pragma: no cover - load_yaml checks
-        raise ConfigError("--config must hold a mapping")
-    return ClipsConfig.from_dict(data)
+    return job_config(ClipsConfig.from_dict, args, FLAG_TO_CONFIG)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pipelines.clips.job import extract_clips
+    from ..pipelines.result import FailureRateError
 
     config = config_from_args(args)
     executor = make_executor_from_args(args)
     try:
         result = extract_clips(args.dataset, args.out, config, executor=executor,
                                overwrite=args.overwrite, progress=not args.no_progress)
+    except FailureRateError as e:  # committed; main() prints the error and exits 3
+        _print(e.result.stats)
+        raise
     finally:
         executor.close()
-    s = result.stats
+    _print(result.stats)
+    print(f"wrote {result.out}")
+    return 0
+
+
+def _print(s: dict) -> None:
     print(table([(s["inputs"], s["ok"], s["failed"], s["clips"], s["shards"],
                   json.dumps(s["failures_by_reason"]))],
                 ("videos", "ok", "failed", "clips", "shards", "failures")))
-    print(f"wrote {result.out}")
-    return 0

@@ -119,36 +119,37 @@ def _mine(args, corpus: str, photos: str, executor) -> None:
     from ..media.image import ImageOptions
     from ..pipelines.ingest.job import IngestConfig, ingest
     from ..pipelines.ingest.sources import SourceOptions
+    from ..pipelines.mine.config import MineConfig
+    from ..pipelines.mine.embeddings_io import EmbeddingSource
     from ..pipelines.mine.job import mine
-    from ..pipelines.transform.job import tokenize
-    from . import mine_cmd
+    from ..pipelines.transform.job import TokenizeConfig, tokenize
+    from ..samplers.negatives import MarginConfig
 
     ingest([os.path.join(corpus, "photos")], photos, IngestConfig(
         sources=SourceOptions(group_level=0), max_samples=8, name="photos",
         image=ImageOptions(resize="shortest", size=64, format="jpg")),
         executor=executor, overwrite=True)
-    tokenize(photos, {"emb_txt": {"kind": "emb", "encoder": "hashing", "field": "txt"},
-                      "emb_jpg": {"kind": "emb", "encoder": "pixels", "field": "jpg"}},
-             executor=executor, overwrite=True, progress=not args.no_progress)
+    # captions and images in one 256-d space (the built-in encoders need no weights)
+    tokenize(photos, TokenizeConfig(field_sets={
+        "emb_txt": {"kind": "emb", "encoder": "hashing", "field": "txt", "dim": 256},
+        "emb_jpg": {"kind": "emb", "encoder": "pixels", "field": "jpg"}}),
+        executor=executor, overwrite=True, progress=not args.no_progress)
     import pyarrow.parquet as pq
 
     groups = os.path.join(photos, "groups.parquet")
     pq.write_table(pq.read_table(os.path.join(photos, "manifest.parquet"),
                                  columns=["key", "group"]), groups)
-    parser = argparse.ArgumentParser()
-    mine_cmd.add_cli_arguments(parser)
-    cfg = mine_cmd.config_from_args(parser.parse_args([
-        "--queries", os.path.join(photos, "emb_txt"), "--field", "emb_txt.npy",
-        "--corpus", os.path.join(photos, "emb_txt"), "--groups", groups,
-        "--out", os.path.join(photos, "negatives.parquet"), "-k", "4",
-        "--strategy", "margin", "--relative-margin", "0.95"]))
-    result = mine(cfg, executor=None, progress=False)
-    _say("mine", f"{result.n_mined} of {result.n_queries} captions got hard negatives "
+    cfg = MineConfig(  # caption -> image: queries emb_txt, corpus emb_jpg, same-key positives
+        queries=EmbeddingSource(path=os.path.join(photos, "emb_txt"), field="emb_txt.npy"),
+        corpus=EmbeddingSource(path=os.path.join(photos, "emb_jpg"), field="emb_jpg.npy"),
+        groups=groups, out=os.path.join(photos, "negatives.parquet"), k=4,
+        strategy=MarginConfig(relative=0.95))
+    result = mine(cfg, executor=executor, progress=False)
+    _say("mine", f"{result.n_mined} of {result.n_queries} captions got hard image negatives "
                  f"({result.index_kind} index) -> {result.out}")
     s = result.summary
-    keep = {k: s[k] for k in ("guards", "removed", "counts") if k in s}
-    print(json.dumps(keep or {k: v for k, v in s.items() if not isinstance(v, (list, dict))},
-                     indent=1, default=str)[:1500])
+    print(json.dumps({k: s[k] for k in ("queries", "corpus", "negatives", "removed")},
+                     indent=1, default=str))
 
 
 def _train(args, photos: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import human_bytes, table
+from ._common import human_bytes, non_negative_int, table
 
 INSPECT_EXAMPLE = """\
 example:
@@ -25,7 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "reason and a few sample rows.", epilog=INSPECT_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset")
-    p.add_argument("--rows", type=int, default=5, help="sample rows to show")
+    p.add_argument("--rows", type=non_negative_int, default=5, help="sample rows to show")
     p.set_defaults(func=run_inspect)
     v = sub.add_parser("verify", help="re-read every shard and check the dataset agrees",
                        description="Re-read every shard; check index.json sizes/sha256/"

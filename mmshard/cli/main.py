@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     vq_cmd.add_parser(sub)
     clips_cmd.add_parser(sub)
     embed_cmd.add_parser(sub)
-    _add_mine(sub, mine_cmd)
+    mine_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     dedup_cmd.add_parser(sub)
     audit_cmd.add_parser(sub)
@@ -61,46 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_mine(sub: argparse._SubParsersAction, mine_cmd) -> None:
-    p = sub.add_parser("mine", help="FAISS hard-negative mining with false-negative guards",
-                       description="Mine hard negatives for contrastive training from query "
-                                   "and corpus embeddings.", epilog=mine_cmd.EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    mine_cmd.add_cli_arguments(p)
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where query chunks run (default local; ray: one task per chunk)")
-    p.add_argument("--address", default=None, help="join an existing Ray cluster")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-
-    def run(args: argparse.Namespace) -> int:
-        import json
-
-        from ..pipelines.mine.job import mine
-        from ._common import make_executor_from_args
-
-        config = mine_cmd.config_from_args(args)
-        executor = make_executor_from_args(args)
-        try:
-            result = mine(config, executor=executor, progress=not args.no_progress)
-        finally:
-            executor.close()
-        summary = getattr(result, "summary", None)
-        print(json.dumps(summary, indent=1, default=str) if summary is not None else result)
-        return 0
-
-    p.set_defaults(func=run)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the one place exit codes are decided (see cli/_common.py):
+    0 ok, 2 bad input/config or an output that cannot be written (one line, no
+    traceback), 3 failure rate over the limit (the job committed), 1 anything else."""
+    from ..pipelines.result import FailureRateError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except FailureRateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except MmshardError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # C8: a full, read-only or forbidden output is one line, exit 2
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                           errno.EPERM):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}: free space, fix the folder's rights or choose "
+              "another --out; committed shards are kept and a rerun resumes", file=sys.stderr)
         return 2
 
 

@@ -6,7 +6,15 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from ._common import add_executor_args, load_yaml, make_executor_from_args, table
+from ._common import (
+    add_config_arg,
+    add_executor_args,
+    job_config,
+    load_yaml,
+    make_executor_from_args,
+    positive_int,
+    table,
+)
 
 TOKENIZE_EXAMPLE = """\
 examples:
@@ -51,13 +59,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        epilog=TOKENIZE_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset")
-    p.add_argument("--fields", required=True, help="comma-separated field sets")
+    p.add_argument("--fields", help="comma-separated field sets (default: those of --config)")
     p.add_argument("--option", action="append", type=_option, default=[],
                    help="FIELDSET.NAME=VALUE tokenizer option (repeatable; JSON values)")
-    p.add_argument("--config", help="YAML: {field set: {option: value}}; --option overrides")
+    add_config_arg(p, "TokenizeConfig: field_sets, device, batch_size; a plain "
+                      "{field set: {option: value}} mapping is read as field_sets")
     p.add_argument("--codebook", help="codebook/tokenizer file for units or vq")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="samples tokenized per call (default 1 on CPU, 16 on CUDA)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute field sets that exist with other options")
@@ -69,23 +78,38 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "sidecar field set, or on image patches.",
                        epilog=FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("dataset")
-    f.add_argument("--field", required=True, help="mel|mfcc|fbank|spectral|jpg|png|webp")
-    f.add_argument("--k", type=int, required=True)
-    f.add_argument("--out", required=True, help="output .safetensors or .npz")
-    f.add_argument("--patch", type=int, default=16, help="patch size for image fields")
-    f.add_argument("--pca-dim", type=int, default=None, help="PCA projection for image patches")
-    f.add_argument("--max-vectors", type=int, default=500_000)
-    f.add_argument("--niter", type=int, default=20)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, help="output .safetensors or .npz (or s3://...)")
+    add_config_arg(f, "FitCodebookConfig")
+    f.add_argument("--field", help="mel|mfcc|fbank|spectral|jpg|png|webp")
+    f.add_argument("--k", type=positive_int)
+    f.add_argument("--patch", type=positive_int, help="patch size for image fields (default 16)")
+    f.add_argument("--pca-dim", type=positive_int, help="PCA projection for image patches")
+    f.add_argument("--max-vectors", type=positive_int, help="default 500000")
+    f.add_argument("--niter", type=positive_int, help="default 20")
+    f.add_argument("--seed", type=int)
     f.set_defaults(func=run_fit)
 
 
-def build_field_sets(args: argparse.Namespace) -> dict[str, dict]:
-    names = [n.strip() for n in args.fields.split(",") if n.strip()]
-    if not names:
-        raise ConfigError("--fields is empty; e.g. --fields mel,fbank")
+def _yaml_config(args: argparse.Namespace) -> dict:
     conf = load_yaml(args.config)
-    out: dict[str, dict] = {n: dict(conf.get(n) or {}) for n in names}
+    if conf and "field_sets" not in conf:  # the plain {field set: options} form
+        conf = {"field_sets": conf}
+    return conf
+
+
+def build_field_sets(args: argparse.Namespace, conf: dict | None = None) -> dict[str, dict]:
+    """Field sets of ``--fields`` (default: the config's) with their options: the
+    config's, then ``--option``, then ``--codebook``."""
+    conf_sets = dict((conf if conf is not None else _yaml_config(args)).get("field_sets") or {})
+    if args.fields is None:
+        names = list(conf_sets)
+        if not names:
+            raise ConfigError("give --fields (e.g. --fields mel,fbank) or field_sets in --config")
+    else:
+        names = [n.strip() for n in args.fields.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("--fields is empty; e.g. --fields mel,fbank")
+    out: dict[str, dict] = {n: dict(conf_sets.get(n) or {}) for n in names}
     for fs, opt, value in args.option:
         if fs not in out:
             raise ConfigError(f"--option {fs}.{opt}: {fs!r} is not in --fields {args.fields}")
@@ -97,15 +121,25 @@ def build_field_sets(args: argparse.Namespace) -> dict[str, dict]:
     return out
 
 
+def tokenize_config(args: argparse.Namespace):
+    """The :class:`TokenizeConfig` of ``--config`` with ``--fields``/``--option``/
+    ``--device``/``--batch-size`` applied."""
+    from ..pipelines.transform.job import TokenizeConfig
+
+    conf = _yaml_config(args)
+    conf["field_sets"] = build_field_sets(args, conf)
+    return job_config(TokenizeConfig.from_dict, args,
+                      {"device": "device", "batch_size": "batch_size"}, base=conf)
+
+
 def run_tokenize(args: argparse.Namespace) -> int:
     from ..pipelines.transform.job import tokenize
 
-    field_sets = build_field_sets(args)
+    config = tokenize_config(args)
     executor = make_executor_from_args(args)
     try:
-        result = tokenize(args.dataset, field_sets, executor=executor, device=args.device,
-                          overwrite=args.overwrite, progress=not args.no_progress,
-                          batch_size=args.batch_size)
+        result = tokenize(args.dataset, config, executor=executor, overwrite=args.overwrite,
+                          progress=not args.no_progress)
     finally:
         executor.close()
     print(table([(n, s["ok"], s["failed"], s["skipped"], s["bytes"],
@@ -115,11 +149,14 @@ def run_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    from ..pipelines.train.codebook import fit_codebook
+FIT_FLAGS = {"field": "field", "k": "k", "patch": "patch", "pca_dim": "pca_dim",
+             "max_vectors": "max_vectors", "niter": "niter", "seed": "seed"}
 
-    info = fit_codebook(args.dataset, args.out, field=args.field, k=args.k, patch=args.patch,
-                        pca_dim=args.pca_dim, max_vectors=args.max_vectors, niter=args.niter,
-                        seed=args.seed)
+
+def run_fit(args: argparse.Namespace) -> int:
+    from ..pipelines.train.codebook import FitCodebookConfig, fit_codebook
+
+    config = job_config(FitCodebookConfig.from_dict, args, FIT_FLAGS)
+    info = fit_codebook(args.dataset, args.out, config)
     print(json.dumps(info.stats, indent=1, default=str))
     return 0

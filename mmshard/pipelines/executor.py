@@ -140,6 +140,10 @@ class RayExecutor:
                 raise JobError(f"cannot start or join a Ray cluster (address={address!r}): {e}"
                                ) from e
             self._owns = True
+            if not address:  # an embedded cluster dies with its driver, even by SIGKILL
+                from .lock import start_reaper
+
+                self._reaper = start_reaper()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, int(cpus // num_cpus_per_task))
         self.max_retries = max_retries
@@ -173,6 +177,11 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.kill()  # a clean shutdown: nothing left to reap
+            reaper.wait()
+            self._reaper = None
 
 
 def make_executor(kind: str = "ray", *, workers: int | None = None,
@@ -182,6 +191,9 @@ def make_executor(kind: str = "ray", *, workers: int | None = None,
     >>> make_executor("local", workers=1).workers
     1
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ConfigError(f"workers must be an int >= 1 (or None for all CPUs), got {workers!r}")
     if kind == "local":
         return LocalExecutor(workers or 1)
     if kind == "ray":

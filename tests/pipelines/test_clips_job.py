@@ -192,9 +192,9 @@ def test_rerun_resumes_and_refuses_other_options(base, tmp_path):
 
 def test_task_pickles_like_a_ray_task(base, tmp_path):
     d = open_dataset(str(base))
-    sh = d.index.shards[0]
+    sh, keys = next((sh, keys) for sh in d.index.shards  # a shard that holds videos
+                    if (keys := [s["__key__"] for s in d.iter_shard(sh) if "mp4" in s]))
     name = sh.url.rsplit("/", 1)[-1][:-4]
-    keys = [s["__key__"] for s in d.iter_shard(sh) if "mp4" in s]
     task = ClipsTask(out=str(tmp_path / "o"), storage_options={}, base=d.root, shard=sh,
                      name=name, videos=tuple((k, k) for k in keys), kf_url=None,
                      config=ClipsConfig(window_s=1.0, preset="ultrafast"))

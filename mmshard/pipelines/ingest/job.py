@@ -32,7 +32,7 @@ from ...media.audio import AudioOptions
 from ...media.image import ImageOptions
 from ...media.video import VideoOptions
 from ...samplers.splits import SplitSpec, assign_split, validate_split_spec
-from ...storage import Storage, open_input
+from ...storage import Storage, is_url, open_input
 from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from ..executor import Executor, make_executor
 from ..result import FailureRateError
@@ -72,6 +72,15 @@ class IngestConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
+        for name in ("max_samples", "max_bytes", "max_file_bytes", "split_seed"):
+            v = getattr(self, name)
+            if (v is not None or name != "max_bytes") and (
+                    isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
+        if isinstance(self.max_failure_rate, bool) or not isinstance(
+                self.max_failure_rate, (int, float)):
+            raise ConfigError(f"max_failure_rate must be a number in [0, 1], got "
+                              f"{self.max_failure_rate!r}")
         if self.max_samples < 1:
             raise ConfigError(f"max_samples must be >= 1, got {self.max_samples}")
         if self.max_bytes is not None and self.max_bytes < 1:
@@ -174,7 +183,9 @@ def _dedup(items: list[InputItem], config: IngestConfig, executor: Executor
 
 
 def _fingerprint(config: IngestConfig, sources: Sequence[str]) -> dict[str, Any]:
-    doc = {"config": config.to_dict(), "sources": list(sources)}
+    # one job whether a source is named by a relative or an absolute path
+    norm = [s if is_url(s) else os.path.abspath(s.removeprefix("file://")) for s in sources]
+    doc = {"config": config.to_dict(), "sources": norm}
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     return {**doc, "fingerprint": digest}
 

@@ -100,6 +100,13 @@ class TrainVQConfig:
     def stride(self) -> int:
         return self.log_every or max(1, self.steps // 1000)
 
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainVQConfig:
+        return config_from_dict(cls, dict(data))
+
 
 def summary_path(out: str) -> str:
     """``vq.safetensors`` -> ``vq.summary.json`` (where :func:`train_vq` writes its summary)."""

@@ -106,12 +106,12 @@ def _units(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     A codebook fit by ``mmshard fit-codebook --field F`` records the field set F and its
     tokenizer config; units recompute that feature from the waveform so ids match.
     """
+    from ..._registry import config_from_dict
     from ...tokenizers.base import build_tokenizer
     from ...tokenizers.codebook import Codebook
     from ...tokenizers.units import UnitsConfig, UnitTokenizer
 
-    opts = dict(options)
-    cfg = UnitsConfig(**opts)
+    cfg = config_from_dict(UnitsConfig, dict(options))  # unknown options: listed allowed
     if not cfg.codebook_path:
         raise ConfigError("--fields units needs a codebook: --codebook PATH (made by "
                           "`mmshard fit-codebook`)")
@@ -174,6 +174,7 @@ def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     if dtype not in (np.float16, np.float32):
         raise ConfigError(f"embedding dtype must be float16 or float32, got {dtype}")
     modality = modality_of(field)
+    _check_encoder_options(str(spec), opts)
     enc = build_encoder(spec, modality=modality, device=device, **opts)
     member = f"{out_name}.npy"
 
@@ -188,6 +189,34 @@ def _emb(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
 
     prov = {**enc.provenance, "field": field, "normalize": normalize, "dtype": str(dtype)}
     return FieldSet(out_name, modality, (member,), compute, prov)
+
+
+def _check_encoder_options(spec: str, opts: Mapping[str, Any]) -> None:
+    """Unknown embedding options fail, naming the allowed ones (the encoder factories
+    take ``**kwargs`` and would otherwise ignore a typo)."""
+    import inspect
+
+    from ..._registry import load_object
+    from ...tokenizers.encoders import ENCODERS
+
+    base = ["dtype", "encoder", "field", "kind", "normalize"]
+    if spec in ENCODERS:
+        factory: Any = ENCODERS.get(spec)
+    elif spec.startswith(("sentence-transformers:", "open_clip:")):
+        factory = None
+    elif ":" in spec:
+        factory = load_object(spec)
+    else:
+        return  # build_encoder names the known encoders
+    params = inspect.signature(factory).parameters.values() if factory else []
+    if factory is not None and spec not in ENCODERS and any(
+            p.kind is p.VAR_KEYWORD for p in params):
+        return  # a plug-in that takes any keyword
+    own = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(opts) - set(own))
+    if unknown:
+        raise ConfigError(f"unknown emb option(s) {unknown} for encoder {spec!r}; allowed: "
+                          f"{', '.join(sorted(base + own))}")
 
 
 _CACHE: dict[str, FieldSet] = {}
