@@ -25,9 +25,12 @@ examples:
   mmshard tokenize data/videos --fields keyframes --option keyframes.threshold=0.4
   mmshard fit-codebook data/photos --field jpg --patch 16 --k 1024 --out vq1024.safetensors
   mmshard tokenize data/photos --fields vq --codebook vq1024.safetensors
+  mmshard tokenize data/photos --fields vq --codebook vq1024.safetensors \
+      --option vq.resize=max_patches --option vq.max_patches=1024   # <= 1024 ids per image
 Field sets: mel (Whisper log-mel), fbank, mfcc, spectral (zcr, energy, centroid, rolloff),
 units (discrete audio units), keyframes (shot cuts + thumbnails), frames (sampled frame
-thumbnails, --option frames.sampler=tsn), vq (patch VQ ids),
+thumbnails, --option frames.sampler=tsn), vq (patch VQ ids; resize policy --option
+vq.resize=NAME plus its options, default longest side 512),
 vqvae (VQ-VAE ids, --codebook CKPT), tokenizer (a plug-in: --option tokenizer.factory=m:f).
 Each writes <dataset>/<field-set>/<shard>.tar with the base shard's keys, plus index.json,
 ledger.parquet and stats.json. Reruns resume.

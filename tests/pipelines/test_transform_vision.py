@@ -302,3 +302,19 @@ def test_vqvae_takes_a_resize_policy(ckpt):
     assert fs.provenance["resize"]["policy"] == "pad_multiple"
     with pytest.raises(ConfigError, match="not both"):
         build_field_set("vqvae", {"path": ckpt, "resize": "longest", "image_size": 8})
+
+
+def test_tokenize_cli_takes_the_vq_resize_policy(images_ds, vq_file, capsys):
+    from mmshard.cli.main import main
+
+    root = images_ds.root
+    assert main(["tokenize", root, "--fields", "vq", "--codebook", vq_file,
+                 "--option", "vq.resize=fixed", "--option", "vq.size=[32,48]",
+                 "--executor", "local", "--no-progress"]) == 0
+    grids = {load_npy(s["vq.npy"]).shape for s in sidecar(root, "vq").values()}
+    assert grids == {(2, 3)}
+    index = json.loads((Path(root) / "vq" / "index.json").read_text())
+    assert '"policy": "fixed"' in json.dumps(index, sort_keys=True)
+    assert main(["tokenize", root, "--fields", "vq", "--codebook", vq_file, "--overwrite",
+                 "--option", "vq.sise=3", "--executor", "local", "--no-progress"]) == 2
+    assert "allowed" in capsys.readouterr().err
