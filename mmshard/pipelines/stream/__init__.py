@@ -2,5 +2,6 @@
 
 from .decode import DecodeConfig
 from .loader import Loader
+from .packing import PatchPacking
 
-__all__ = ["DecodeConfig", "Loader"]
+__all__ = ["DecodeConfig", "Loader", "PatchPacking"]
