@@ -215,3 +215,124 @@ def write_shots(path: str | Path, shots: Sequence[tuple[str, int]], *, fps: int 
     write_frames(path, gen(), fps=fps, gop=gop)
     n = sum(len(c) for c in clips) - (dissolve_len if dissolve_after is not None else 0)
     return {"cuts": cuts, "dissolve": dissolve, "num_frames": n}
+
+
+# ---- ffmpeg-made fixtures and reference frames (the parity harness) ------------------
+
+_SRC = "testsrc2=size={w}x{h}:rate={fps}:duration={dur}"
+
+# name -> (file name, ffmpeg output arguments, encoder the fixture needs)
+FFMPEG_FIXTURES: dict[str, tuple[str, list[str], str]] = {
+    "avi_mpeg4_bframes": ("a.avi", ["-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "3"],
+                          "mpeg4"),
+    "avi_mjpeg": ("m.avi", ["-c:v", "mjpeg", "-q:v", "3"], "mjpeg"),
+    "mpeg_ps": ("p.mpg", ["-c:v", "mpeg2video", "-bf", "2", "-g", "12", "-q:v", "3",
+                          "-f", "vob"], "mpeg2video"),
+    "mpeg_ts": ("t.ts", ["-c:v", "libx264", "-bf", "2", "-g", "12", "-crf", "16",
+                         "-f", "mpegts"], "libx264"),
+    "mp4_h264_bframes": ("h.mp4", ["-c:v", "libx264", "-bf", "3", "-g", "12", "-crf", "16"],
+                         "libx264"),
+    "mp4_vfr": ("v.mp4", ["-vf", "setpts='(N+floor(N/4)*0.6+floor(N/7)*1.3)/25/TB'",
+                          "-fps_mode", "passthrough", "-c:v", "libx264", "-g", "12",
+                          "-crf", "16"], "libx264"),
+    "mp4_hevc": ("e.mp4", ["-c:v", "libx265", "-x265-params", "keyint=12:bframes=2:log-level=0",
+                           "-crf", "18", "-tag:v", "hvc1"], "libx265"),
+    "webm_vp9": ("9.webm", ["-c:v", "libvpx-vp9", "-g", "12", "-crf", "30", "-b:v", "0",
+                            "-deadline", "realtime", "-cpu-used", "8"], "libvpx-vp9"),
+    "mkv_av1": ("1.mkv", ["-c:v", "libsvtav1", "-g", "12", "-crf", "40", "-preset", "12"],
+                "libsvtav1"),
+}
+
+
+def ffmpeg_encoders() -> set[str]:
+    """Names of the encoders the installed ffmpeg CLI has."""
+    import subprocess
+
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[1] for line in out.splitlines()[10:] if len(line.split()) > 1}
+
+
+def write_ffmpeg_fixture(folder: str | Path, name: str, *, w: int = 128, h: int = 96,
+                         fps: int = 25, seconds: float = 3.2) -> Path:
+    """Encode ``testsrc2`` (every frame distinct) as fixture ``name`` of FFMPEG_FIXTURES."""
+    import subprocess
+
+    fname, args, _ = FFMPEG_FIXTURES[name]
+    out = Path(folder) / f"{name}_{fname}"
+    src = _SRC.format(w=w, h=h, fps=fps, dur=seconds)
+    res = subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src,
+                          "-pix_fmt", "yuv420p", *args, str(out)], capture_output=True,
+                         text=True)
+    if res.returncode:
+        raise RuntimeError(f"ffmpeg could not write {name}: {res.stderr[-500:]}")
+    return out
+
+
+def ffmpeg_reference(path: str | Path) -> np.ndarray:
+    """Every frame of the first video stream in presentation order, decoded by the ffmpeg
+    CLI to raw RGB (``-fps_mode passthrough``: no frame dropped or duplicated)."""
+    import json
+    import subprocess
+
+    info = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "stream=width,height", "-of", "json", str(path)],
+        capture_output=True, check=True, text=True).stdout)["streams"][0]
+    w, h = int(info["width"]), int(info["height"])
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                          "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+def frame_errors(frames: np.ndarray, indices: Sequence[int], ref: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per requested frame: mean abs difference to the reference frame, and the index of
+    the reference frame (within +/-8) that the decoded frame is closest to."""
+    mad = np.empty(len(indices))
+    best = np.empty(len(indices), np.int64)
+    for k, i in enumerate(indices):
+        f = frames[k].astype(np.int16)
+        lo, hi = max(0, i - 8), min(len(ref), i + 9)
+        d = [float(np.abs(f - ref[j]).mean()) for j in range(lo, hi)]
+        mad[k] = float(np.abs(f - ref[i]).mean())
+        best[k] = lo + int(np.argmin(d))
+    return mad, best
+
+
+def parity(path: str | Path, backend: str, ref: np.ndarray, *, seed: int = 0) -> dict:
+    """Decode ``path`` with ``backend`` (random access in a shuffled order, then one
+    sequential pass) and compare with the ffmpeg reference ``ref``.
+
+    Returns ``{"status": "exact" | "wrong" | "refused", "max_mad": ..., "wrong": [...],
+    "num_frames": ..., "reason": ...}``; ``wrong`` lists (asked, got) index pairs."""
+    from mmshard.errors import MmshardError
+    from mmshard.media.video_reader import open_video
+
+    n = len(ref)
+    rng = np.random.default_rng(seed)
+    idx = np.unique(np.r_[0, 1, n // 2, n - 2, n - 1, rng.choice(n, min(n, 16), replace=False)])
+    order = rng.permutation(idx)
+    try:
+        with open_video(path, backend) as vr:
+            m = vr.meta
+            ts = vr.timestamps()
+            rand = vr.get_frames(order)
+            seq = np.stack([f.image for f in vr.iter_frames()])
+    except MmshardError as e:
+        return {"status": "refused", "reason": str(e)[:160]}
+    out = {"num_frames": int(m.num_frames), "duration": m.duration,
+           "times_ok": bool(np.all(np.isfinite(ts)) and np.all(np.diff(ts) > 0)
+                            and 0 <= ts[-1] < m.duration < 1e6)}
+    if m.num_frames != n or len(seq) != n:
+        return {**out, "status": "wrong", "reason": f"{m.num_frames} frames, ffmpeg has {n}",
+                "max_mad": float("nan"), "wrong": []}
+    mad_r, best_r = frame_errors(rand, order.tolist(), ref)
+    mad_s, best_s = frame_errors(seq, list(range(n)), ref)
+    wrong = [(int(i), int(b)) for i, b in zip(order, best_r) if b != i]
+    wrong += [(i, int(b)) for i, b in enumerate(best_s) if b != i]
+    mad = float(max(mad_r.max(), mad_s.max()))
+    exact = not wrong and mad < 3.0
+    return {**out, "status": "exact" if exact else "wrong", "max_mad": round(mad, 3),
+            "wrong": wrong[:6]}

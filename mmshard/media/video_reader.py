@@ -1,14 +1,27 @@
-"""Frame-accurate video reading with interchangeable backends (decord, PyAV, OpenCV).
+"""Frame-accurate video reading with interchangeable backends (decord, torchcodec, PyAV,
+OpenCV).
 
-One interface, :class:`VideoReader`, over three decoders chosen at run time:
+One interface, :class:`VideoReader`, over four decoders chosen at run time:
 
-- ``decord``: fastest random access (``get_batch``); used by ``backend="auto"`` when
-  importable.
+- ``decord``: fastest random access (``get_batch``), but it seeks wrongly (silently
+  returns other frames) on AVI/MPEG-4 Part 2, MPEG-PS/TS and HEVC: it is used, and
+  accepted, only where the parity harness found it exact (see ``_SUPPORT``).
+- ``torchcodec``: the PyTorch project's FFmpeg decoder (``seek_mode="exact"`` scans the
+  stream once on open).
 - ``pyav``: the reference; exact frame count and presentation timestamps from the
   container (so variable-frame-rate clips are handled), random access by seeking to the
-  keyframe before the target and decoding forward.
+  keyframe before the target and decoding forward; MPEG-4 Part 2 "packed B-frames"
+  (DivX/XviD AVI) are unpacked with the ``mpeg4_unpack_bframes`` bitstream filter.
 - ``opencv``: ``cv2.VideoCapture`` with ``CAP_PROP_POS_FRAMES`` seeks; bytes are spilled
   to a temporary file.  It cannot see per-frame timestamps: prefer ``pyav`` for VFR.
+
+Every backend is either frame-exact on a file or refuses it with
+``DataError("backend_unsupported")``: ``tests/media/test_video_parity.py`` compares each
+backend's frames with frames decoded by the ffmpeg CLI (raw RGB by frame number) on AVI
+(MPEG-4 Part 2 with B-frames, MJPEG), MPEG-PS, MPEG-TS, VFR MP4, H.264, HEVC, VP9 and
+AV1, and ``_SUPPORT`` lists, per backend, the (container, codec) pairs where it was
+exact.  ``backend="auto"`` takes the first backend, in the order of
+:func:`available_backends`, that accepts the file's container and codec.
 
 Frame ``i`` is the i-th frame in presentation order, on every backend.  Timestamps are
 seconds relative to the first frame's presentation time (frame 0 is at 0.0).
@@ -22,7 +35,9 @@ it (a decord reader shared across ``fork`` deadlocks).
 (250, (2, 240, 320, 3))
 
 Errors are :class:`~mmshard.errors.DataError` with a ledger reason: ``empty_file``,
-``undecodable_video``, ``no_video_stream``, ``unsupported_codec``, ``frame_out_of_range``.
+``undecodable_video``, ``no_video_stream``, ``unsupported_codec``, ``frame_out_of_range``,
+``backend_unsupported``.  Every time (timestamps, duration) is finite, starts at 0 and is
+below the duration.
 """
 
 from __future__ import annotations
@@ -47,8 +62,29 @@ __all__ = [
     "open_video",
 ]
 
-BACKENDS = ("auto", "decord", "pyav", "opencv")
-_IMPORT_NAME = {"decord": "decord", "pyav": "av", "opencv": "cv2"}
+BACKENDS = ("auto", "decord", "torchcodec", "pyav", "opencv")
+_IMPORT_NAME = {"decord": "decord", "torchcodec": "torchcodec", "pyav": "av", "opencv": "cv2"}
+_AUTO_ORDER = ("decord", "pyav", "torchcodec", "opencv")
+
+# Where each backend was frame-exact in the parity harness (container family, codec);
+# "*" matches any.  A backend refuses a file outside its entries (decord and OpenCV
+# silently return other frames or stop early there); pyav and torchcodec take any file.
+_SUPPORT: dict[str, frozenset[tuple[str, str]]] = {
+    "decord": frozenset({("mp4", "h264"), ("mp4", "vp9"), ("mkv", "h264"), ("mkv", "vp8"),
+                         ("mkv", "vp9"), ("*", "mjpeg"), ("avi", "msmpeg4v3"),
+                         ("avi", "msmpeg4v2"), ("avi", "msmpeg4")}),
+    "opencv": frozenset({("mp4", "h264"), ("mp4", "hevc"), ("mp4", "vp9"), ("mkv", "h264"),
+                         ("mkv", "hevc"), ("mkv", "vp8"), ("mkv", "vp9"), ("avi", "mpeg4"),
+                         ("*", "mjpeg"), ("avi", "msmpeg4v3"), ("avi", "msmpeg4v2"),
+                         ("avi", "msmpeg4")}),
+    "pyav": frozenset({("*", "*")}),
+    # torchcodec 0.13 stops early on the last frames of AVI/MPEG-PS/MPEG-TS B-frame streams
+    "torchcodec": frozenset({("mp4", "*"), ("mkv", "*"), ("*", "mjpeg"), ("avi", "msmpeg4"),
+                             ("avi", "msmpeg4v2"), ("avi", "msmpeg4v3"), ("avi", "cinepak")}),
+}
+_CODEC_ALIAS = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx-vp9": "vp9", "libvpx": "vp8"}
+_FAMILY = {"mov": "mp4", "mp4": "mp4", "matroska": "mkv", "webm": "mkv", "avi": "avi",
+           "mpeg": "mpeg-ps", "mpegts": "mpeg-ts", "vob": "mpeg-ps"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,25 +118,68 @@ def available_backends() -> list[str]:
     >>> "pyav" in available_backends()                          # doctest: +SKIP
     True
     """
-    return [b for b in ("decord", "pyav", "opencv")
-            if importlib.util.find_spec(_IMPORT_NAME[b]) is not None]
+    return [b for b in _AUTO_ORDER if importlib.util.find_spec(_IMPORT_NAME[b]) is not None]
+
+
+def container_family(format_name: str) -> str:
+    """``mp4`` | ``mkv`` | ``avi`` | ``mpeg-ps`` | ``mpeg-ts`` | the FFmpeg name, for a
+    demuxer name such as ``"mov,mp4,m4a,3gp,3g2,mj2"``.
+
+    >>> container_family("matroska,webm")
+    'mkv'
+    """
+    first = format_name.split(",")[0]
+    return _FAMILY.get(first, first)
+
+
+def backend_refusal(backend: str, family: str, codec: str) -> str | None:
+    """Why ``backend`` refuses a (container family, codec) file, or None if it accepts.
+
+    >>> backend_refusal("decord", "avi", "mpeg4") is not None
+    True
+    """
+    ok = _SUPPORT[backend]
+    if {(family, codec), ("*", codec), (family, "*"), ("*", "*")} & ok:
+        return None
+    return (f"the {backend} backend is not frame-exact on {codec} in {family} (it returns "
+            f"other frames or stops early there); use backend='pyav', 'torchcodec' or "
+            f"'auto'")
 
 
 def _resolve_backend(name: str) -> str:
+    """Validate a backend name; ``auto`` stays ``auto`` (chosen per file on open)."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown video backend {name!r}; allowed: {', '.join(BACKENDS)}")
     avail = available_backends()
     if name == "auto":
         if not avail:
             raise DependencyMissingError(
-                "no video decoder is importable; install one of: decord, av, "
+                "no video decoder is importable; install one of: decord, av, torchcodec, "
                 "opencv-python-headless")
-        return avail[0]
+        return name
     if name not in avail:
         raise DependencyMissingError(
             f"video backend {name!r} needs the {_IMPORT_NAME[name]!r} module, which is not "
             f"importable; install it or use one of {avail or ['(none available)']}")
     return name
+
+
+def _choose_backend(name: str, src: str | bytes) -> str:
+    """The backend that reads ``src``: ``name`` if it accepts the file's container and
+    codec (else DataError ``backend_unsupported``), or for ``auto`` the first that does."""
+    if importlib.util.find_spec("av") is None:  # no prober: trust the named backend
+        return name if name != "auto" else available_backends()[0]
+    family, codec = _probe_format(src)
+    if name != "auto":
+        why = backend_refusal(name, family, codec)
+        if why:
+            raise DataError("backend_unsupported", why)
+        return name
+    for b in available_backends():
+        if backend_refusal(b, family, codec) is None:
+            return b
+    raise DataError("backend_unsupported",  # pragma: no cover - pyav accepts everything
+                    f"no installed backend is frame-exact on {codec} in {family}")
 
 
 def _source_of(src: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
@@ -141,9 +220,17 @@ class VideoReader:
 
     def __init__(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
                  backend: str = "auto") -> None:
-        self.backend = _resolve_backend(backend)
+        self.requested = _resolve_backend(backend)
         self._src = _source_of(src)
         self._impl: _Backend | None = None
+        self._chosen: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The backend that decodes this file (``auto`` is resolved on first use)."""
+        if self._chosen is None:
+            self._chosen = _choose_backend(self.requested, self._src)
+        return self._chosen
 
     # -- lifecycle -------------------------------------------------------------------
     def _open(self) -> _Backend:
@@ -165,7 +252,8 @@ class VideoReader:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"backend": self.backend, "_src": self._src, "_impl": None}
+        return {"requested": self.requested, "_chosen": self._chosen, "_src": self._src,
+                "_impl": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -178,7 +266,7 @@ class VideoReader:
 
     def __repr__(self) -> str:
         src = self._src if isinstance(self._src, str) else f"<{len(self._src)} bytes>"
-        return f"VideoReader({src!r}, backend={self.backend!r})"
+        return f"VideoReader({src!r}, backend={self._chosen or self.requested!r})"
 
     # -- facts -----------------------------------------------------------------------
     @property
@@ -263,8 +351,10 @@ def open_video(src: str | os.PathLike[str] | bytes | BinaryIO, backend: str = "a
                ) -> VideoReader:
     """Open a video from a path, bytes or binary file with the named backend.
 
-    ``backend``: ``auto`` (decord, else PyAV, else OpenCV) | ``decord`` | ``pyav`` |
-    ``opencv``.  Decoding problems raise :class:`~mmshard.errors.DataError`.
+    ``backend``: ``auto`` (the first of decord, PyAV, torchcodec, OpenCV that is
+    frame-exact on the file's container and codec) | ``decord`` | ``torchcodec`` |
+    ``pyav`` | ``opencv``.  Decoding problems raise :class:`~mmshard.errors.DataError`;
+    a named backend that is not frame-exact on the file raises ``backend_unsupported``.
 
     >>> with open_video(open("clip.mp4", "rb"), backend="pyav") as vr:   # doctest: +SKIP
     ...     first = vr.get_frames([0])[0]
@@ -303,8 +393,19 @@ def _timing_facts(ts: np.ndarray, fps_hint: float) -> tuple[float, float, bool]:
         is_vfr = False
         step = 1.0 / fps_hint if fps_hint > 0 else 0.0
     duration = float(ts[-1] + step) if n else 0.0
-    fps = fps_hint if fps_hint > 0 else (n / duration if duration > 0 else 0.0)
+    fps = fps_hint if 0 < fps_hint < 1e4 else (n / duration if duration > 0 else 0.0)
     return float(fps), duration, is_vfr
+
+
+def _check_times(ts: np.ndarray, backend: str) -> None:
+    """Refuse timestamps that are not finite and increasing (decord reports 3.8e17 s on
+    some AVIs): every time field derived from them must be a real time."""
+    if not np.all(np.isfinite(ts)) or (len(ts) > 1 and not np.all(np.diff(ts) > 0)) or (
+            len(ts) and ts[-1] > 1e7):
+        raise DataError("backend_unsupported",
+                        f"the {backend} backend reports invalid frame times (not finite or "
+                        f"not increasing, last {float(ts[-1]) if len(ts) else 0.0:.4g} s); "
+                        f"use backend='pyav' or 'auto'")
 
 
 def _av_errors() -> tuple[type[BaseException], ...]:
@@ -350,7 +451,13 @@ class _Backend:
 
 
 class _PyAVBackend(_Backend):
-    """Reference backend: demux once for pts and keyframes, seek + decode forward."""
+    """Reference backend: demux once for pts and keyframes, seek + decode forward.
+
+    Frame ``i`` is the frame whose pts is the i-th smallest packet pts.  Where the
+    decoder's output pts do not follow that order (DivX-style "packed B-frames" in AVI:
+    the pts the demuxer gives belong to other frames), the reader switches to ordinal
+    mode: frame ``i`` is the i-th frame the decoder outputs from the start, as the
+    ffmpeg CLI counts, and random access decodes forward from the start."""
 
     def __init__(self, src: str | bytes) -> None:
         self._container, self._stream = _av_open(src)
@@ -359,9 +466,7 @@ class _PyAVBackend(_Backend):
         pts: list[int] = []
         keys: list[int] = []
         try:
-            for packet in self._container.demux(st):
-                if packet.size == 0:
-                    continue
+            for packet in self._packets():
                 p = packet.pts if packet.pts is not None else packet.dts
                 if p is None:
                     continue
@@ -379,6 +484,7 @@ class _PyAVBackend(_Backend):
         self._index = {int(p): i for i, p in enumerate(self._pts)}
         tb = st.time_base
         self._ts = (self._pts - self._pts[0]).astype(np.float64) * float(tb)
+        _check_times(self._ts, "pyav")
         rate = st.average_rate or st.guessed_rate
         fps, duration, is_vfr = _timing_facts(self._ts, float(rate) if rate else 0.0)
         ctx = st.codec_context
@@ -387,25 +493,86 @@ class _PyAVBackend(_Backend):
                          is_vfr=is_vfr)
         self._decoder: Iterator[Any] | None = None
         self._last = -1  # index of the last frame the live decoder produced
-        # prove the stream decodes (a codec we cannot decode fails here, not later)
-        first = next(self._decode_targets([0]), None)
-        if first is None:
+        self._ordinal = False
+        self._check_order()
+
+    def _check_order(self, n: int = 16) -> None:
+        """Decode the first ``n`` frames: prove the stream decodes (a codec we cannot
+        decode fails here, not later) and that decoded pts follow the packet order."""
+        self._restart(None)
+        seen: list[int | None] = []
+        try:
+            for frame in self._decoder:  # type: ignore[union-attr]
+                seen.append(frame.pts)
+                if len(seen) >= min(n, len(self._pts)):
+                    break
+        except _av_errors() as e:
+            self.close()
+            raise DataError("undecodable_video", f"the first frames do not decode: {e}"
+                            ) from e
+        if not seen:
             self.close()
             raise DataError("undecodable_video", "the first frame does not decode")
+        k = self._index.get(int(seen[0])) if seen[0] is not None else None
+        if k and seen == self._pts[k:k + len(seen)].tolist():
+            # the first k frames do not decode (a broken leading GOP): like the ffmpeg
+            # CLI, the video starts at the first frame that does
+            self._pts = self._pts[k:]
+            self._keys = self._keys[self._keys >= self._pts[0]]
+            self._index = {int(p): i for i, p in enumerate(self._pts)}
+            tb = float(self._stream.time_base)
+            self._ts = (self._pts - self._pts[0]).astype(np.float64) * tb
+            fps, duration, is_vfr = _timing_facts(self._ts, self.meta["fps"])
+            self.meta.update(num_frames=len(self._pts), duration=duration, is_vfr=is_vfr)
+        self._ordinal = seen != self._pts[:len(seen)].tolist()
+        if self._ordinal:
+            # decoder order is the truth here: count what it outputs (one full pass)
+            n = len(seen) + sum(1 for _ in self._decoder)  # type: ignore[arg-type]
+            if n < len(self._pts):
+                self._pts, self._ts = self._pts[:n], self._ts[:n]
+                fps, duration, is_vfr = _timing_facts(self._ts, self.meta["fps"])
+                self.meta.update(num_frames=n, duration=duration, is_vfr=is_vfr)
+        self._decoder = None
+
+    def _packets(self) -> Iterator[Any]:
+        """Demuxed non-empty packets from the current position."""
+        for packet in self._container.demux(self._stream):
+            if packet.size:
+                yield packet
+
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames from the current position to the end (decoder flushed)."""
+        ctx = self._stream.codec_context
+        for packet in self._packets():
+            yield from ctx.decode(packet)
+        yield from ctx.decode(None)
 
     def timestamps(self) -> np.ndarray:
         return self._ts
 
-    def _seek_before(self, i: int, back: int = 0) -> None:
-        """Position the decoder at the keyframe ``back`` keyframes before frame ``i``."""
-        target = int(self._pts[i])
-        k = int(np.searchsorted(self._keys, target, side="right")) - 1 - back
-        kpts = int(self._keys[max(k, 0)])
-        self._container.seek(kpts, stream=self._stream, backward=True, any_frame=False)
-        self._decoder = iter(self._container.decode(self._stream))
+    def _restart(self, kpts: int | None) -> None:
+        """Seek to keyframe pts ``kpts`` (None: the start) and start a fresh decoder."""
+        if kpts is None:
+            self._container.seek(0, stream=self._stream)
+        else:
+            self._container.seek(kpts, stream=self._stream, backward=True, any_frame=False)
+        self._stream.codec_context.flush_buffers()
+        self._decoder = iter(self._frames())
         self._last = -1
 
+    def _seek_before(self, i: int, back: int = 0) -> None:
+        """Position the decoder at the keyframe ``back`` keyframes before frame ``i``
+        (from the start of the file after three tries)."""
+        if back > 3:
+            self._restart(None)
+            return
+        target = int(self._pts[i])
+        k = int(np.searchsorted(self._keys, target, side="right")) - 1 - back
+        self._restart(int(self._keys[max(k, 0)]))
+
     def _needs_seek(self, i: int) -> bool:
+        if self._ordinal:  # only the start is a known position
+            return self._decoder is None or self._last >= i
         if self._decoder is None or self._last < 0 or self._last >= i:
             return True
         # seek only when a keyframe lies between the decoder position and the target
@@ -414,18 +581,28 @@ class _PyAVBackend(_Backend):
         return k >= 0 and int(self._keys[k]) > cur
 
     def _decode_targets(self, targets: Iterable[int]) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, av.VideoFrame)`` for ascending ``targets`` (lazily consumed)."""
+        """Yield ``(index, av.VideoFrame)`` for ascending ``targets`` (lazily consumed).
+
+        A seek that lands after the target (or on a decoder that yields nothing until
+        the end, as MPEG-TS can) is retried one keyframe further back."""
         errors = _av_errors()
         for i in targets:
             i = int(i)
             back = 0
             if self._needs_seek(i):
-                self._seek_before(i)
+                if self._ordinal:
+                    self._restart(None)
+                else:
+                    self._seek_before(i)
             while True:
                 try:
                     frame = next(self._decoder)  # type: ignore[arg-type]
                 except StopIteration:
                     self._decoder = None
+                    if self._last < 0 and back <= 3 and not self._ordinal:
+                        back += 1
+                        self._seek_before(i, back)
+                        continue
                     raise DataError("undecodable_video",
                                     f"frame {i} is missing: the stream ends early "
                                     "(truncated file?)") from None
@@ -433,24 +610,25 @@ class _PyAVBackend(_Backend):
                     self._decoder = None
                     raise DataError("undecodable_video", f"decoding frame {i} failed: {e}"
                                     ) from e
-                j = self._index.get(int(frame.pts)) if frame.pts is not None else None
+                if self._ordinal:
+                    j = self._last + 1
+                else:
+                    j = self._index.get(int(frame.pts)) if frame.pts is not None else None
                 if j is None:
                     continue
-                if self._last < 0 and j > i:
+                if self._last < 0 and j > i and back <= 3 and not self._ordinal:
                     # the seek landed after the target: go one keyframe further back
                     back += 1
-                    if back > 3:
-                        self._container.seek(0, stream=self._stream)
-                        self._decoder = iter(self._container.decode(self._stream))
-                    else:
-                        self._seek_before(i, back)
+                    self._seek_before(i, back)
                     continue
                 self._last = j
                 if j == i:
                     yield i, frame
                     break
                 if j > i:
-                    raise DataError("undecodable_video", f"frame {i} did not decode")
+                    raise DataError("undecodable_video", f"frame {i} did not decode "
+                                    f"(the decoder skipped from frame {j - 1} or earlier "
+                                    f"to {j}): the file is damaged there")
 
     def get_sorted(self, idx: np.ndarray) -> np.ndarray:
         m = self.meta
@@ -477,15 +655,35 @@ class _PyAVBackend(_Backend):
         self._decoder = None
 
 
+def _probe_format(src: str | bytes) -> tuple[str, str]:
+    """(container family, codec) of the first video stream (a PyAV header read)."""
+    container, stream = _av_open(src)
+    try:
+        codec = str(stream.codec_context.name)
+        return container_family(str(container.format.name)), _CODEC_ALIAS.get(codec, codec)
+    finally:
+        container.close()
+
+
+def _packet_times(src: str | bytes) -> np.ndarray:
+    """Sorted presentation times (s, first at 0) of the video packets (demux only)."""
+    container, stream = _av_open(src)
+    tb = float(stream.time_base)
+    try:
+        pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
+    except _av_errors() as e:
+        raise DataError("undecodable_video", f"demuxing failed: {e}") from e
+    finally:
+        container.close()
+    u = np.unique(np.asarray(pts, np.int64))
+    return (u - (u[0] if len(u) else 0)).astype(np.float64) * tb
+
+
 def _codec_name(src: str | bytes) -> str:
     """Codec of the first video stream (PyAV header read), validating the container."""
     if importlib.util.find_spec("av") is None:
         return "unknown"
-    container, stream = _av_open(src)
-    try:
-        return str(stream.codec_context.name)
-    finally:
-        container.close()
+    return _probe_format(src)[1]
 
 
 class _DecordBackend(_Backend):
@@ -509,6 +707,7 @@ class _DecordBackend(_Backend):
         except Exception as e:  # decord raises its own DECORDError (a RuntimeError)
             raise DataError("undecodable_video", f"decord cannot read the video: {e}") from e
         self._ts = stamps[:, 0] - stamps[0, 0]
+        _check_times(self._ts, "decord")
         fps, duration, is_vfr = _timing_facts(self._ts, fps_hint)
         self.meta = dict(fps=fps, num_frames=n, duration=duration, width=first.shape[1],
                          height=first.shape[0], codec=codec, is_vfr=is_vfr)
@@ -626,8 +825,67 @@ class _OpenCVBackend(_Backend):
             self._tmp = None
 
 
+class _TorchCodecBackend(_Backend):
+    """torchcodec ``VideoDecoder`` (exact seek mode: one scan on open), NHWC uint8."""
+
+    def __init__(self, src: str | bytes) -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        codec = _codec_name(src)
+        try:
+            self._dec = VideoDecoder(src, seek_mode="exact", dimension_order="NHWC",
+                                     num_ffmpeg_threads=1)
+            md = self._dec.metadata
+            n = int(md.num_frames or 0)
+            if n == 0:
+                raise DataError("undecodable_video", "the video stream holds no frames")
+            # pts of every frame from the scan (one cheap batch call, no pixels kept)
+            first = self._dec.get_frame_at(0)
+        except DataError:
+            raise
+        except Exception as e:  # torchcodec raises RuntimeError/ValueError from C++
+            raise DataError("undecodable_video", f"torchcodec cannot read the video: {e}"
+                            ) from e
+        self._ts = _packet_times(src)
+        if len(self._ts) != n:
+            raise DataError("backend_unsupported",
+                            f"torchcodec counts {n} frames where the container has "
+                            f"{len(self._ts)} packets with a pts; use backend='pyav'")
+        _check_times(self._ts, "torchcodec")
+        fps, duration, is_vfr = _timing_facts(self._ts, float(md.average_fps or 0.0))
+        h, w = int(first.data.shape[0]), int(first.data.shape[1])
+        self.meta = dict(fps=fps, num_frames=n, duration=duration, width=w, height=h,
+                         codec=codec, is_vfr=is_vfr)
+
+    def timestamps(self) -> np.ndarray:
+        return self._ts
+
+    def _batch(self, idx: np.ndarray) -> np.ndarray:
+        try:
+            return self._dec.get_frames_at(idx.tolist()).data.numpy()
+        except Exception as e:
+            raise DataError("undecodable_video", f"torchcodec failed on frames "
+                            f"{idx[:4].tolist()}...: {e}") from e
+
+    def get_sorted(self, idx: np.ndarray) -> np.ndarray:
+        return self._batch(idx)
+
+    def iter_frames(self, start, stop, step, size, gray):
+        targets = range(start, stop, step)
+        for c in range(0, len(targets), _CHUNK):
+            chunk = np.asarray(targets[c:c + _CHUNK], np.int64)
+            batch = self._batch(chunk)
+            for i, img in zip(chunk.tolist(), batch):
+                yield VideoFrame(i, float(self._ts[i]), _finish(img, size, gray))
+            del batch
+
+    def close(self) -> None:
+        self._dec = None
+
+
 _BACKEND_CLASSES: dict[str, type[_Backend]] = {
     "decord": _DecordBackend,
+    "torchcodec": _TorchCodecBackend,
     "pyav": _PyAVBackend,
     "opencv": _OpenCVBackend,
 }
