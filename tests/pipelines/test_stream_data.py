@@ -324,3 +324,17 @@ def test_audit_counts_hash_and_single_rank_check(tmp_path):
         two = Loader(str(tmp_path), batch_size=4, seed=0, rank=0, world_size=2)
         list(two)
         two.audit_check()
+
+
+def test_a_truncated_sidecar_is_a_counted_skip_not_a_silently_missing_field(tmp_path):
+    make_dataset(tmp_path, shard_sizes={"train": (8,)}, mel=True)
+    side = tmp_path / "mel/train-000000.tar"
+    _truncate(side, 0.5)
+    with pytest.raises(ShardError, match=r"sidecar shard .*train-000000.tar is damaged"):
+        list(Loader(str(tmp_path), batch_size=8, seed=0, shuffle=False))
+    ld = Loader(str(tmp_path), batch_size=8, seed=0, shuffle=False, on_error="skip")
+    (b,) = list(ld)
+    real = real_keys([b])
+    assert 0 < len(real) < 8 and ld.stats["skipped"] == 8 - len(real)
+    assert ld.stats["shards"] == {str(side): {"unreadable_shard": 8 - len(real)}}
+    assert "__has__mel" not in b  # every served sample has its mel

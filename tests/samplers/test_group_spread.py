@@ -57,7 +57,7 @@ def test_spread_groups_properties(sizes, shards, world, bs, seed):
     assert real == list(range(n))
     # the fewest steps: a rank needs no more than its samples or its share of a group ask
     per_rank = -(-n // world)
-    padded = np.resize(np.arange(n), per_rank * world)
+    padded = np.resize(p.order.global_order(counts, epoch=0), per_rank * world)  # wrap pad
     share = max(-(-int(np.count_nonzero(g[padded] == x)) // world) for x in set(groups)) \
         if (g >= 0).any() else 0
     assert len(plans[0]) <= max(-(-per_rank // bs), share)

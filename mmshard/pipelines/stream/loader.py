@@ -204,7 +204,8 @@ class _BatchWork:
         except (DataError, ShardError) as e:
             if self.on_error == "raise":
                 raise
-            return key, None, (url, getattr(e, "reason", "unreadable_shard"))
+            shard = getattr(e, "shard", None) if isinstance(e, ShardError) else None
+            return key, None, (shard or url, getattr(e, "reason", "unreadable_shard"))
         return key, dec, None
 
     def _stand_in(self, pb: PlannedBatch, decoded: list[Any], keys: list[str],

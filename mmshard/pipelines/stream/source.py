@@ -194,14 +194,15 @@ class ShardReader:
             raise _reason(ShardError(
                 f"shard {url} is damaged ({idx.damage}): sample {offset}"
                 f"{f' (key {want!r})' if want else ''} cannot be read; its first "
-                f"{len(idx.keys)} samples can (on_error='skip' serves them)"), "unreadable_shard")
+                f"{len(idx.keys)} samples can (on_error='skip' serves them)"),
+                "unreadable_shard", url)
         if offset >= len(idx.keys):
             raise ShardError(f"{url} has {len(idx.keys)} samples, index.json says "
                              f"{self.source.counts[shard]}: the index is stale")
         key = idx.keys[offset]
         if offset in idx.tainted:
             raise _reason(ShardError(f"sample {key!r} of shard {url} refused: "
-                                     f"{idx.tainted[offset]}"), "unsafe_member")
+                                     f"{idx.tainted[offset]}"), "unsafe_member", url)
         meta_keys = self.source.meta.keys
         if meta_keys is not None:
             want = str(meta_keys[self._global(shard, offset)])
@@ -216,8 +217,15 @@ class ShardReader:
             sidx = self.index(surl)
             pos = offset if offset < len(sidx.keys) and sidx.keys[offset] == key \
                 else sidx.position(key)
+            if pos is None and sidx.damage is not None:
+                raise _reason(ShardError(f"sidecar shard {surl} is damaged ({sidx.damage}): "
+                                         f"sample {key!r} cannot be read"),
+                              "unreadable_shard", surl)
             if pos is None:  # the transform skipped it (no caption ...): field absent (C6)
                 continue
+            if pos in sidx.tainted:
+                raise _reason(ShardError(f"sample {key!r} of sidecar shard {surl} refused: "
+                                         f"{sidx.tainted[pos]}"), "unsafe_member", surl)
             for fld, data in self._read_members(surl, sidx.members[pos], key).items():
                 sample.setdefault(fld, data)
         return sample
@@ -253,8 +261,9 @@ def _cut_short(f: IO[bytes], idx: TarIndex) -> str | None:
     return None
 
 
-def _reason(e: ShardError, reason: str) -> ShardError:
+def _reason(e: ShardError, reason: str, shard: str) -> ShardError:
     e.reason = reason  # type: ignore[attr-defined]  # the loader counts skips by reason
+    e.shard = shard  # type: ignore[attr-defined]  # ... and by the shard at fault
     return e
 
 
