@@ -203,8 +203,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if step >= args.steps:
                 break
     save()
+    for rec in loader.audit:  # the stream audit: what the loader really delivered
+        print(f"audit epoch {rec['epoch']} rank {rec['rank']}: delivered {rec['delivered']} "
+              f"padded {rec['padded']} skipped {rec['skipped']} duplicates "
+              f"{rec['duplicates']} order {rec['order_hash']}")
     return {"step": step, "losses": losses, "keys": seen, "stats": dict(loader.stats),
-            "grids": grids}
+            "grids": grids, "audit": loader.audit}
 
 
 if __name__ == "__main__":

@@ -338,3 +338,19 @@ def test_a_truncated_sidecar_is_a_counted_skip_not_a_silently_missing_field(tmp_
     assert 0 < len(real) < 8 and ld.stats["skipped"] == 8 - len(real)
     assert ld.stats["shards"] == {str(side): {"unreadable_shard": 8 - len(real)}}
     assert "__has__mel" not in b  # every served sample has its mel
+
+
+def test_train_clip_example_logs_the_stream_audit(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "train_clip.py"
+    spec = importlib.util.spec_from_file_location("train_clip_audit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    make_dataset(tmp_path / "ds", shard_sizes={"train": (5, 3)}, image=True)
+    out = mod.main([str(tmp_path / "ds"), "--batch-size", "4", "--image-size", "16",
+                    "--steps", "2", "--out", str(tmp_path / "run")])
+    (rec,) = out["audit"]
+    assert rec["batches"] == 2 and rec["delivered"] == 8 and rec["duplicates"] == 0
+    assert f"audit epoch 0 rank 0: delivered 8 padded 0 skipped 0 duplicates 0 order " \
+           f"{rec['order_hash']}" in capsys.readouterr().out
