@@ -15,10 +15,11 @@
 Hashes are ``numpy.uint64``; pure numpy + OpenCV, no model weights.
 
 >>> import numpy as np
->>> img = (np.add.outer(np.arange(64), np.arange(48)) % 37 * 7).astype(np.uint8)
+>>> y, x = np.mgrid[0:64, 0:48]
+>>> img = (127 + 100 * np.sin(y / 9) * np.cos(x / 7)).astype(np.uint8)
 >>> h, h2 = phash(img), phash(img[:, :46])          # a 2-pixel crop
->>> hamming(h, h2) <= 10
-True
+>>> bool(hamming(h, h2) <= 10), int(hamming(h, ~h))
+(True, 64)
 >>> i, j, d = near_pairs(np.array([h, h2, ~h], dtype=np.uint64), threshold=10)
 >>> list(zip(i.tolist(), j.tolist()))
 [(0, 1)]
@@ -27,13 +28,14 @@ True
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["HASHES", "band_masks", "dhash", "hamming", "near_pairs", "phash"]
+__all__ = ["HASHES", "band_masks", "choose_bands", "dhash", "hamming", "near_pairs", "phash"]
 
 _BITS = 1 << np.arange(64, dtype=np.uint64)
 
@@ -87,16 +89,41 @@ def band_masks(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.uint64)
 
 
+def _volume(width: int, radius: int) -> int:
+    return sum(math.comb(width, k) for k in range(radius + 1))
+
+
+def choose_bands(n_ref: int, threshold: int) -> int:
+    """The number of bands minimising probes + expected candidates per query, for
+    ``n_ref`` uniformly spread hashes (real hashes cluster, so this is a lower bound)."""
+    best, best_cost = 4, float("inf")
+    for m in range(1, 9):
+        widths = [64 // m + (b < 64 % m) for b in range(m)]
+        r = threshold // m
+        vols = [_volume(w, r) for w in widths]
+        if max(vols) > 200_000:
+            continue
+        cost = sum(v * (1 + n_ref / 2.0 ** w) for v, w in zip(vols, widths))
+        if cost < best_cost:
+            best, best_cost = m, cost
+    return best
+
+
 def _band_candidates(q: np.ndarray, ref: np.ndarray, shift: int, width: int,
-                     masks: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+                     masks: np.ndarray, threshold: int, self_pairs: bool,
+                     budget: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) whose band values are within the masks' radius and whose full hashes
+    are within ``threshold``; filtered chunk by chunk so memory stays ~``budget``."""
     full = np.uint64((1 << width) - 1)
     rv = (ref >> np.uint64(shift)) & full
     order = np.argsort(rv, kind="stable")
     sv = rv[order]
-    table = width <= 20  # dense start/count table: O(1) lookups instead of binary search
+    table = width <= 22  # dense start/count table: O(1) lookups instead of binary search
     if table:
         bucket_n = np.bincount(sv.astype(np.int64), minlength=1 << width)
         bucket_lo = np.cumsum(bucket_n) - bucket_n
+    per_query = masks.size * (1 + ref.size / 2.0 ** width)
+    chunk = max(1, int(budget // per_query))
     qi_out, rj_out = [], []
     for start in range(0, q.size, chunk):
         qv = (q[start:start + chunk] >> np.uint64(shift)) & full
@@ -114,41 +141,44 @@ def _band_candidates(q: np.ndarray, ref: np.ndarray, shift: int, width: int,
         qi = (np.nonzero(hit)[0] // masks.size + start)
         ends = np.cumsum(counts)
         offs = np.arange(ends[-1]) - np.repeat(ends - counts, counts) + np.repeat(lo, counts)
-        qi_out.append(np.repeat(qi, counts))
-        rj_out.append(order[offs])
+        i, j = np.repeat(qi, counts), order[offs]
+        keep = hamming(q[i], ref[j]) <= threshold  # exact check before anything is kept
+        if self_pairs:
+            keep &= i < j
+        qi_out.append(i[keep])
+        rj_out.append(j[keep])
     if not qi_out:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate(qi_out).astype(np.int64), np.concatenate(rj_out).astype(np.int64)
 
 
 def near_pairs(hashes: np.ndarray, threshold: int, *, ref: np.ndarray | None = None,
-               bands: int | None = None, chunk: int = 4096
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               bands: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of hashes within Hamming ``threshold``: ``(i, j, distance)`` int64 arrays.
 
     Without ``ref``: pairs inside ``hashes`` with ``i < j``.  With ``ref``: pairs
     ``(i into hashes, j into ref)``.  Sorted by (i, j); each pair once.  ``bands``
-    (1, 2, 4 or 8; default 4: 16-bit bands searched within ``threshold // 4`` bits)
-    trades lookups per band against candidates per lookup.
+    (1..8; default :func:`choose_bands`: 4 bands of 16 bits searched within
+    ``threshold // 4`` bits for up to ~100k hashes, 3 bands of 21-22 bits beyond) trades
+    lookups per band against candidates per lookup.
     """
     if not isinstance(threshold, int) or not 0 <= threshold <= 32:
         raise ConfigError(f"hamming threshold must be an int in [0, 32], got {threshold!r}")
     q = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
     r = q if ref is None else np.ascontiguousarray(ref, dtype=np.uint64).ravel()
-    m = bands or 4
-    if m not in (1, 2, 4, 8):
-        raise ConfigError(f"bands must be one of 1, 2, 4, 8; got {m!r}")
-    width, radius = 64 // m, threshold // m
-    masks = band_masks(width, radius)
-    chunk = max(1, chunk * 64 // masks.size)
+    m = bands or choose_bands(r.size, threshold)
+    if not isinstance(m, int) or not 1 <= m <= 8:
+        raise ConfigError(f"bands must be an int in [1, 8]; got {m!r}")
+    widths = [64 // m + (b < 64 % m) for b in range(m)]
+    radius = threshold // m
     found_i, found_j = [], []
-    for b in range(m):
-        i, j = _band_candidates(q, r, b * width, width, masks, chunk)
-        keep = hamming(q[i], r[j]) <= threshold  # exact check before deduplicating
-        if ref is None:
-            keep &= i < j
-        found_i.append(i[keep])
-        found_j.append(j[keep])
+    shift = 0
+    for width in widths:
+        i, j = _band_candidates(q, r, shift, width, band_masks(width, radius), threshold,
+                                ref is None)
+        shift += width
+        found_i.append(i)
+        found_j.append(j)
     n = np.int64(max(r.size, 1))
     code = np.unique(np.concatenate(found_i) * n + np.concatenate(found_j))
     i, j = code // n, code % n
