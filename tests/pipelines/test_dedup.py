@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -215,3 +216,42 @@ def test_cli_dedup_and_help(leaky, capsys):
     assert main(["dedup", ds, "--method", "semantic", "--field-set", "nope",
                  "--executor", "local"]) == 2
     assert "no field set 'nope'" in capsys.readouterr().err
+
+
+def test_videos_are_matched_on_their_keyframes_sidecar(tmp_path):
+    """Two encodes of one video (different bytes, near-identical keyframes) are one set;
+    a video with other keyframes is not; a video without keyframes is counted."""
+    from PIL import Image
+
+    ds = tmp_path / "ds"
+    (ds / "shards").mkdir(parents=True)
+    (ds / "keyframes").mkdir()
+    scenes = [synth.photo_like(64, 48, seed=s) for s in (1, 2, 3, 4)]
+
+    def jpg(im: Image.Image, size=(64, 48), q=90) -> bytes:
+        buf = io.BytesIO()
+        im.resize(size).save(buf, "JPEG", quality=q)
+        return buf.getvalue()
+
+    videos = {"v_orig": (scenes[:2], (64, 48), 90, 640),
+              "v_small": (scenes[:2], (48, 36), 40, 320),
+              "v_other": (scenes[2:], (64, 48), 90, 640), "v_nokf": (None, None, None, 640)}
+    with TarWriter(str(ds / "shards" / "train-000000.tar")) as w, \
+            TarWriter(str(ds / "keyframes" / "train-000000.tar")) as kw:
+        for key, (ims, size, q, width) in videos.items():
+            meta = {"width": width, "height": width * 3 // 4}
+            w.write({"__key__": key, "mp4": key.encode() * 50, "json": json.dumps(meta)})
+            if ims is not None:
+                kw.write({"__key__": key, "kf.json": "{}", **{
+                    f"kf.{j:03d}.jpg": jpg(im, size, q) for j, im in enumerate(ims)}})
+    for folder, fs in ((ds, "shards"), (ds / "keyframes", "keyframes")):
+        url = "shards/train-000000.tar" if fs == "shards" else "train-000000.tar"
+        (folder / "index.json").write_bytes(DatasetIndex(name="v", field_set=fs, shards=(
+            ShardInfo(url=url, split="train", nsamples=4 if fs == "shards" else 3,
+                      filesize=0, sha256=""),)).to_json())
+    pq.write_table(pa.table({"key": list(videos), "split": ["train"] * 4}),
+                   str(ds / "manifest.parquet"))
+    r = dedup(str(ds), DedupConfig(method="phash"))
+    assert [(x["key"], x["duplicate_of"]) for x in _rows(str(ds))] == [
+        ("v_orig", None), ("v_small", "v_orig")]  # the larger video is kept
+    assert r.stats["not_hashed"] == {"no_keyframes": 1}
