@@ -432,7 +432,7 @@ def test_ray_worker_killed_during_mine_leaves_lost_rows_and_a_completed_job(
     cfg = MineConfig(queries=src, out=str(tmp_path / "n.parquet"), k=4, chunk_size=1000,
                      index=IndexConfig(kind="flat"), max_failure_rate=1.0)
     stop, killed = threading.Event(), []
-    t = threading.Thread(target=_kill_one_task_process, args=("_run_chunk", stop, killed))
+    t = threading.Thread(target=_kill_one_task_process, args=("run_chunk", stop, killed))
     t.start()
     try:
         res = mine(cfg, executor=RayExecutor(max_retries=0), progress=False)

@@ -118,29 +118,27 @@ def _process_media(field: str, data: bytes, opts: MediaOptions) -> ProcessedMedi
     raise DataError("unsupported_format", f"field {field!r} is not image, audio or video")
 
 
-def build_sample(item: InputItem, split: str, opts: MediaOptions,
-                 fetched: Mapping[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read and process one input: (tar sample dict, manifest row).  Raises DataError.
+def _read_media(uri: str, opts: MediaOptions, fetched: Mapping[str, Any] | None) -> bytes:
+    try:
+        return fetched[uri].read() if fetched and uri in fetched else \
+            _read(uri, opts.max_file_bytes)
+    except FileNotFoundError as e:
+        raise DataError("missing_file", f"{uri} does not exist") from e
+    except PermissionError as e:
+        raise DataError("permission_denied", f"cannot read {uri}: {e}") from e
+    except IsADirectoryError as e:
+        raise DataError("not_a_file", f"{uri} is a directory") from e
+    except OSError as e:
+        raise DataError("read_error", f"cannot read {uri}: {e}") from e
 
-    ``fetched``: URL -> :class:`~.download.Fetched` for inputs already downloaded."""
-    if item.error:
-        raise DataError(*item.error)
-    sample: dict[str, Any] = {"__key__": item.key}
+
+def _media(item: InputItem, sample: dict[str, Any], opts: MediaOptions,
+           fetched: Mapping[str, Any] | None) -> tuple[dict[str, dict[str, Any]], int]:
+    """Read and process each medium into ``sample``; (per-field facts, source bytes)."""
     media_meta: dict[str, dict[str, Any]] = {}
     bytes_in = 0
     for field, uri in item.media:
-        try:
-            data = fetched[uri].read() if fetched and uri in fetched else \
-                _read(uri, opts.max_file_bytes)
-        except FileNotFoundError as e:
-            raise DataError("missing_file", f"{uri} does not exist") from e
-        except PermissionError as e:
-            raise DataError("permission_denied", f"cannot read {uri}: {e}") from e
-        except IsADirectoryError as e:
-            raise DataError("not_a_file", f"{uri} is a directory") from e
-        except OSError as e:
-            raise DataError("read_error", f"cannot read {uri}: {e}") from e
+        data = _read_media(uri, opts, fetched)
         bytes_in += len(data)
         if field == "auto" or field.endswith(".auto"):
             field = _sniff(data)
@@ -153,6 +151,11 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions,
         media_meta[out_field] = {"source": uri, "sha256": hashlib.sha256(data).hexdigest(),
                                  "size": len(data), "modality": modality_of(pm.field),
                                  **pm.facts}
+    return media_meta, bytes_in
+
+
+def _sidecars(item: InputItem) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(caption, label, meta) from the item and its .txt/.cls/.json sidecar files."""
     meta: dict[str, Any] = dict(item.meta)
     caption, label = item.caption, item.label
     for ext, uri in item.sidecars:
@@ -176,6 +179,30 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions,
             if not isinstance(extra, dict):
                 raise DataError("bad_sidecar", f"sidecar {uri} must hold a JSON object")
             meta.update(extra)
+    return caption, label, meta
+
+
+def _label_id(item: InputItem, label: str | None) -> int | None:
+    label_id = item.label_id
+    if label is not None and label_id is None:  # no plan-time vocabulary (labels.py)
+        if not (label.isascii() and label.isdigit()):
+            raise DataError("bad_label", f"label {label!r} has no id: labels are assigned "
+                            "ids at plan time (mmshard.pipelines.ingest.labels)")
+        label_id = int(label)
+    return label_id
+
+
+def build_sample(item: InputItem, split: str, opts: MediaOptions,
+                 fetched: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read and process one input: (tar sample dict, manifest row).  Raises DataError.
+
+    ``fetched``: URL -> :class:`~.download.Fetched` for inputs already downloaded."""
+    if item.error:
+        raise DataError(*item.error)
+    sample: dict[str, Any] = {"__key__": item.key}
+    media_meta, bytes_in = _media(item, sample, opts, fetched)
+    caption, label, meta = _sidecars(item)
     primary = min(media_meta, key=lambda f: (_MODALITY_ORDER.get(media_meta[f]["modality"], 9),
                                              f))
     pmeta = media_meta[primary]
@@ -192,12 +219,7 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions,
         doc["meta"] = meta
     if caption is not None:
         sample["txt"] = caption
-    label_id = item.label_id
-    if label is not None and label_id is None:  # no plan-time vocabulary (labels.py)
-        if not (label.isascii() and label.isdigit()):
-            raise DataError("bad_label", f"label {label!r} has no id: labels are assigned "
-                            "ids at plan time (mmshard.pipelines.ingest.labels)")
-        label_id = int(label)
+    label_id = _label_id(item, label)
     if label is not None:
         sample["cls"] = str(label_id)  # WebDataset .cls: an integer class index
         doc["label"] = label

@@ -56,16 +56,14 @@ import numpy as np
 
 from ...errors import ConfigError, JobError
 from ...samplers.negatives import (
-    CandidateBatch,
     build_strategy,
-    encode_label_paths,
-    strategy_from_dict,
     strategy_to_dict,
 )
 from ...storage import Storage, is_url
 from ..artifacts import copy_file, split_path
 from ..executor import Executor, LocalExecutor
 from ..task import run_tasks
+from .chunks import ChunkTask, lost_chunk, run_chunk
 from .config import (
     MineConfig,
     MineResult,
@@ -78,321 +76,21 @@ from .embeddings_io import (
     Embeddings,
     EmbeddingSource,
     load_embeddings,
-    read_key_table,
-    source_signature,
 )
 from .faiss_index import (
     build_index,
-    exact_scores,
     fingerprint_array,
     index_meta,
-    load_index,
     read_index_meta,
     save_index,
-    search,
 )
+from .plan import FORMAT_VERSION, plan_fingerprint, prepare_vectors, resolve_rows
 from .report import histogram_png, write_failures, write_negatives
 
 __all__ = ["MineConfig", "MineResult", "PositivesConfig", "Reminer", "mine",
            "mine_config_from_dict", "mine_config_to_dict", "output_paths", "remine"]
 
 log = logging.getLogger(__name__)
-_FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------- planning
-
-
-def _file_sig(path: str | None) -> Any:
-    if not path:
-        return None
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
-
-
-def _plan_fingerprint(cfg: MineConfig) -> str:
-    import hashlib
-
-    d = mine_config_to_dict(cfg)
-    d.pop("out", None)
-    d.pop("work_dir", None)
-    sig = {"config": d, "version": _FORMAT_VERSION,
-           "queries": source_signature(cfg.queries),
-           "corpus": source_signature(cfg.corpus) if cfg.corpus else None,
-           "positives": _file_sig(cfg.positives.path), "groups": _file_sig(cfg.groups),
-           "labels": _file_sig(cfg.labels)}
-    return hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _prepare(emb: Embeddings, role: str, path: str, *, normalize: bool,
-             failures: list[dict[str, str]], block: int = 65536) -> np.ndarray:
-    """Validate rows, record failures, write usable rows (float32, normalised) to
-    ``path`` unless already there; return the original indices of usable rows."""
-    n = len(emb)
-    reason = np.zeros(n, np.int8)  # 0 ok, 1 nan, 2 zero, 3 duplicate
-    for s in range(0, n, block):
-        v = np.asarray(emb.vectors[s:s + block], dtype=np.float32)
-        finite = np.isfinite(v).all(axis=1)
-        reason[s:s + block][~finite] = 1
-        if normalize:
-            zero = finite & ~np.any(v != 0, axis=1)
-            reason[s:s + block][zero] = 2
-    if n:
-        _, first = np.unique(emb.keys.astype(str), return_index=True)
-        dup = np.ones(n, bool)
-        dup[first] = False
-        reason[dup & (reason == 0)] = 3
-    names = {1: ("nan_vector", "vector has NaN or inf values"),
-             2: ("zero_vector", "all-zero vector cannot be normalised"),
-             3: ("duplicate_key", "key repeats an earlier row; the first row is used")}
-    for i in np.nonzero(reason)[0]:
-        r, detail = names[int(reason[i])]
-        failures.append({"key": str(emb.keys[i]), "role": role, "reason": r,
-                         "detail": f"row {int(i)} of {emb.source}: {detail}"})
-    valid = np.nonzero(reason == 0)[0]
-    if os.path.exists(path):
-        return valid
-    d = emb.dim
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                    shape=(len(valid), d))
-    for s in range(0, len(valid), block):
-        v = np.asarray(emb.vectors[valid[s:s + block]], dtype=np.float32)
-        if normalize:
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-        out[s:s + len(v)] = v
-    out.flush()
-    del out
-    os.replace(tmp, path)
-    return valid
-
-
-def _unknown(cfg: MineConfig, what: str, keys: list[str], failures: list[dict[str, str]],
-             reason: str) -> None:
-    if not keys:
-        return
-    if cfg.on_unknown_keys == "error":
-        raise ConfigError(
-            f"{len(keys)} {what} key(s) not found, e.g. {sorted(set(keys))[:5]}; fix the "
-            f"table or pass on_unknown_keys='skip' (--skip-unknown-keys) to record them as "
-            "failures")
-    for k in keys:
-        failures.append({"key": k, "role": "positives", "reason": reason,
-                         "detail": f"{what} key not in the embeddings"})
-
-
-def _codes(values: np.ndarray) -> np.ndarray:
-    _, inv = np.unique(values.astype(str), return_inverse=True)
-    return inv.astype(np.int64)
-
-
-def _resolve(cfg: MineConfig, qkeys_raw: np.ndarray, ckeys_raw: np.ndarray, qkeys: np.ndarray,
-             ckeys: np.ndarray, failures: list[dict[str, str]]) -> dict[str, Any]:
-    """Positives (CSR), self rows, groups and labels as corpus/query row arrays."""
-    crow = {k: i for i, k in enumerate(ckeys)}
-    qrow = {k: i for i, k in enumerate(qkeys)}
-    self_ids = np.array([crow.get(k, -1) for k in qkeys], np.int64)
-    nq, nc = len(qkeys), len(ckeys)
-    pairs_q: list[int] = []
-    pairs_c: list[int] = []
-    pc = cfg.positives
-    out: dict[str, Any] = {"self_ids": self_ids, "query_groups": None, "corpus_groups": None,
-                           "query_labels": None, "corpus_labels": None}
-    if pc.kind == "same_key":
-        raw_c = set(ckeys_raw.tolist())
-        _unknown(cfg, "query (same_key positive)",
-                 [k for k in qkeys if k not in raw_c], failures, "unknown_positive_key")
-        has = np.nonzero(self_ids >= 0)[0]
-        pairs_q, pairs_c = has.tolist(), self_ids[has].tolist()
-    elif pc.kind == "pairs":
-        assert pc.path is not None
-        t = read_key_table(pc.path, [pc.query_column, pc.positive_column])
-        raw_q, raw_c = set(qkeys_raw.tolist()), set(ckeys_raw.tolist())
-        qs, ps = t[pc.query_column], t[pc.positive_column]
-        _unknown(cfg, "query", [k for k in qs if k not in raw_q], failures,
-                 "unknown_query_key")
-        _unknown(cfg, "positive", [k for k in ps if k not in raw_c], failures,
-                 "unknown_positive_key")
-        for a, b in zip(qs, ps, strict=True):
-            i, j = qrow.get(a), crow.get(b)
-            if i is not None and j is not None:
-                pairs_q.append(i)
-                pairs_c.append(j)
-    groups_path = cfg.groups or (pc.path if pc.kind == "group" else None)
-    if groups_path:
-        kc, gc = (pc.key_column, pc.group_column)
-        t = read_key_table(groups_path, [kc, gc])
-        gmap = dict(zip(t[kc].tolist(), _codes(t[gc]).tolist(), strict=True))
-        out["query_groups"] = np.array([gmap.get(k, -1) for k in qkeys], np.int64)
-        out["corpus_groups"] = np.array([gmap.get(k, -1) for k in ckeys], np.int64)
-    if pc.kind == "group":
-        cg, qg = out["corpus_groups"], out["query_groups"]
-        order = np.argsort(cg, kind="stable")
-        sorted_g = cg[order]
-        for i in range(nq):
-            if qg[i] < 0:
-                continue
-            lo, hi = np.searchsorted(sorted_g, [qg[i], qg[i] + 1])
-            members = order[lo:hi]
-            members = members[members != self_ids[i]][: pc.max_scored]
-            pairs_q.extend([i] * len(members))
-            pairs_c.extend(members.tolist())
-    pq_arr = np.array(pairs_q, np.int64)
-    pc_arr = np.array(pairs_c, np.int64)
-    o = np.lexsort((pc_arr, pq_arr))
-    pq_arr, pc_arr = pq_arr[o], pc_arr[o]
-    out["pos_indptr"] = np.searchsorted(pq_arr, np.arange(nq + 1)).astype(np.int64)
-    out["pos_ids"] = pc_arr
-    if cfg.labels:
-        t = read_key_table(cfg.labels, [pc.key_column, cfg.label_column])
-        lmap = dict(zip(t[pc.key_column].tolist(), t[cfg.label_column].tolist(), strict=True))
-        codes = encode_label_paths([lmap.get(k) for k in qkeys] + [lmap.get(k) for k in ckeys])
-        out["query_labels"], out["corpus_labels"] = codes[:nq], codes[nq:nq + nc]
-    return out
-
-
-# ------------------------------------------------------------------------ tasks
-
-
-@dataclass(frozen=True)
-class _ChunkTask:
-    chunk: int
-    start: int
-    stop: int
-    part_path: str
-    queries_path: str
-    corpus_path: str
-    index_path: str
-    index_expect: dict[str, Any]
-    k: int
-    pool: int
-    metric: str
-    seed: int
-    gpu: str
-    strategy: dict[str, Any]
-    self_ids: np.ndarray
-    positive_ids: np.ndarray
-    query_groups: np.ndarray | None
-    query_labels: np.ndarray | None
-    corpus_groups_path: str | None
-    corpus_labels_path: str | None
-
-
-
-
-def _list_array(values: np.ndarray, mask: np.ndarray) -> Any:
-    import pyarrow as pa
-
-    offsets = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask]))
-
-
-def _load(p: str | None) -> np.ndarray | None:
-    return None if p is None else np.load(p, mmap_mode="r", allow_pickle=False)
-
-
-def _rows(x: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
-    return None if x is None else x[rows]
-
-
-def _select(task: _ChunkTask, q: np.ndarray, rows: np.ndarray, pool: int, built: Any,
-            corpus: np.ndarray, pos_min: np.ndarray, strategy: Any,
-            side: tuple[np.ndarray | None, np.ndarray | None]) -> Any:
-    """Search ``pool`` candidates for the chunk's ``rows`` and let the strategy pick."""
-    scores, ids = search(built, q[rows], pool, metric=task.metric, refine_vectors=corpus,
-                         gpu=task.gpu)
-    batch = CandidateBatch(
-        ids=ids, scores=scores, query_index=task.start + rows.astype(np.int64),
-        corpus_size=int(corpus.shape[0]), self_ids=task.self_ids[rows],
-        positive_ids=task.positive_ids[rows], positive_scores=pos_min[rows],
-        query_groups=_rows(task.query_groups, rows), corpus_groups=side[0],
-        query_labels=_rows(task.query_labels, rows), corpus_labels=side[1], seed=task.seed)
-    return strategy.select(batch, task.k)
-
-
-def _select_growing(task: _ChunkTask, q: np.ndarray, built: Any, corpus: np.ndarray,
-                    pos_min: np.ndarray) -> tuple[Any, int]:
-    """Select negatives; queries left with fewer than k are searched again with a doubled
-    pool until they have k or the pool is the whole corpus.  Returns (selection, number
-    of queries that needed a larger pool).  Guard counts are those of the first pool."""
-    strategy = build_strategy(strategy_from_dict(task.strategy))
-    side = (_load(task.corpus_groups_path), _load(task.corpus_labels_path))
-    n_corpus = int(corpus.shape[0])
-    rows = np.arange(len(q))
-    sel = _select(task, q, rows, task.pool, built, corpus, pos_min, strategy, side)
-    pool, grown = task.pool, 0
-    short = np.nonzero((sel.ids >= 0).sum(axis=1) < task.k)[0]
-    grown = len(short) if pool < n_corpus else 0
-    while len(short) and pool < n_corpus:
-        pool = min(2 * pool, n_corpus)
-        again = _select(task, q, short, pool, built, corpus, pos_min, strategy, side)
-        for name in ("ids", "scores", "ranks", "levels"):
-            full = getattr(sel, name)
-            if full is not None:
-                full[short] = getattr(again, name)
-        short = short[(again.ids >= 0).sum(axis=1) < task.k]
-    return sel, grown
-
-
-def _run_chunk(task: _ChunkTask) -> dict[str, Any]:
-    """Mine one chunk of queries into its part file (idempotent)."""
-    import pyarrow as pa
-
-    if os.path.exists(task.part_path):
-        return {"chunk": task.chunk, "skipped": True}
-    queries = np.load(task.queries_path, mmap_mode="r", allow_pickle=False)
-    corpus = np.load(task.corpus_path, mmap_mode="r", allow_pickle=False)
-    q = np.asarray(queries[task.start:task.stop], np.float32)
-    built = load_index(task.index_path, expect=task.index_expect)
-    pos_scores = exact_scores(q, task.positive_ids, corpus, task.metric, fill=np.nan)
-    lowest = np.where(np.isnan(pos_scores), np.inf, pos_scores).min(axis=1, initial=np.inf)
-    pos_min = np.where(np.isposinf(lowest), np.nan, lowest).astype(np.float32)
-    sel, grown = _select_growing(task, q, built, corpus, pos_min)
-    need = (sel.ids >= 0) & np.isnan(sel.scores)
-    if need.any():
-        sel.scores[need] = exact_scores(q, np.where(need, sel.ids, -1), corpus, task.metric,
-                                        fill=np.nan)[need]
-    mask = sel.ids >= 0
-    both = np.concatenate([sel.scores[mask], pos_min[np.isfinite(pos_min)]])
-    meta = {"removed": sel.removed, "rows": int(len(q)), "grown": grown,
-            "short": int((mask.sum(axis=1) < task.k).sum()),
-            "no_positive": int((~np.isfinite(pos_min)).sum()),
-            "score_min": float(both.min()) if both.size else None,
-            "score_max": float(both.max()) if both.size else None}
-    cols = {
-        "query_row": pa.array(np.arange(task.start, task.stop, dtype=np.int64)),
-        "negative_ids": _list_array(sel.ids, mask),
-        "negative_scores": _list_array(sel.scores.astype(np.float32), mask),
-        "negative_ranks": _list_array(sel.ranks.astype(np.int32), mask),
-        "positive_score": pa.array(pos_min, mask=~np.isfinite(pos_min)),
-    }
-    if sel.levels is not None:
-        cols["negative_levels"] = _list_array(sel.levels.astype(np.int8), mask)
-    _write_part(task.part_path, pa.table(cols), meta)
-    return {"chunk": task.chunk, "skipped": False, **meta}
-
-
-def _write_part(path: str, table: Any, meta: dict[str, Any]) -> None:
-    import pyarrow.parquet as pq
-
-    table = table.replace_schema_metadata({"mmshard.chunk": json.dumps(meta)})
-    with Storage(os.path.dirname(path)).atomic_writer(os.path.basename(path)) as f:
-        pq.write_table(table, f)
-
-
-def _lost_chunk(task: _ChunkTask, cause: object, qkeys: np.ndarray,
-                failures: list[dict[str, str]]) -> dict[str, Any]:
-    """A chunk whose worker died on every attempt: ``worker_lost`` failure rows for its
-    queries and an empty part, so the job completes (a rerun mines them again)."""
-    import pyarrow as pa
-
-    detail = f"the task of query chunk {task.chunk} died on every attempt: {cause}"
-    failures += [{"key": str(k), "role": "query", "reason": "worker_lost", "detail": detail}
-                 for k in qkeys[task.start:task.stop]]
-    meta = {"removed": {}, "rows": 0, "short": 0, "no_positive": 0, "grown": 0,
-            "score_min": None, "score_max": None, "lost": task.stop - task.start}
-    _write_part(task.part_path, pa.table({"query_row": pa.array([], pa.int64())}), meta)
-    return {"chunk": task.chunk, "skipped": False, **meta}
 
 
 # ----------------------------------------------------------------------- driver
@@ -493,14 +191,14 @@ def _plan_inputs(cfg: MineConfig, plan: str, work: str, art: Storage,
     failures: list[dict[str, str]] = []
     q_path = os.path.join(work, "queries.npy")
     c_path = os.path.join(work, "corpus.npy") if cfg.corpus else q_path
-    q_valid = _prepare(qemb, "query" if cfg.corpus else "query_and_corpus", q_path,
+    q_valid = prepare_vectors(qemb, "query" if cfg.corpus else "query_and_corpus", q_path,
                        normalize=cfg.normalize, failures=failures)
-    c_valid = (_prepare(cemb, "corpus", c_path, normalize=cfg.normalize, failures=failures)
+    c_valid = (prepare_vectors(cemb, "corpus", c_path, normalize=cfg.normalize, failures=failures)
                if cfg.corpus else q_valid)
     n_inputs = len(qemb) + (len(cemb) if cfg.corpus else 0)
     n_good = len(q_valid) + (len(c_valid) if cfg.corpus else 0)
     qkeys, ckeys = qemb.keys[q_valid], cemb.keys[c_valid]
-    res = _resolve(cfg, qemb.keys, cemb.keys, qkeys, ckeys, failures)
+    res = resolve_rows(cfg, qemb.keys, cemb.keys, qkeys, ckeys, failures)
     p = _Plan(plan=plan, work=work, qemb=qemb, cemb=cemb, q_path=q_path, c_path=c_path,
               q_valid=q_valid, c_valid=c_valid, qkeys=qkeys, ckeys=ckeys, res=res,
               failures=failures)
@@ -565,7 +263,7 @@ def _save_side(work: str, name: str, arr: np.ndarray | None) -> str | None:
     return path
 
 
-def _chunk_tasks(cfg: MineConfig, p: _Plan) -> list[_ChunkTask]:
+def _chunk_tasks(cfg: MineConfig, p: _Plan) -> list[ChunkTask]:
     """One task per ``chunk_size`` queries whose part is not written yet."""
     res = p.res
     cg_path = _save_side(p.work, "corpus_groups.npy", res["corpus_groups"])
@@ -588,7 +286,7 @@ def _chunk_tasks(cfg: MineConfig, p: _Plan) -> list[_ChunkTask]:
 
         def sl(x, a=a, b=b):  # rows a:b of an optional per-query array
             return None if x is None else np.ascontiguousarray(x[a:b])
-        tasks.append(_ChunkTask(
+        tasks.append(ChunkTask(
             chunk=c, start=a, stop=b, part_path=part, queries_path=p.q_path,
             corpus_path=p.c_path, index_path=p.local_index, index_expect=p.expect, k=cfg.k,
             pool=p.pool, metric=cfg.metric, seed=cfg.seed, gpu=cfg.index.gpu,
@@ -632,7 +330,7 @@ def _commit(cfg: MineConfig, p: _Plan, art: Storage, names: dict[str, str],
                                           default=str),
         "mmshard.plan": p.plan,
         "mmshard.score": "inner_product" if cfg.metric == "ip" else "neg_squared_l2",
-        "mmshard.format_version": str(_FORMAT_VERSION),
+        "mmshard.format_version": str(FORMAT_VERSION),
     }
     parts = [os.path.join(p.work, f"chunk-{c:05d}.parquet") for c in range(n_chunks)]
     st = write_negatives(art, names["out"], parts, p.qkeys, p.ckeys, metadata,
@@ -680,7 +378,7 @@ def mine(config: MineConfig, *, executor: Executor | None = None, progress: bool
     """
     cfg = config
     art, names = _artifacts(cfg, storage_options)
-    plan = _plan_fingerprint(cfg)
+    plan = plan_fingerprint(cfg)
     done = _up_to_date(art, names, plan)
     if done is not None:
         log.info("%s is up to date; nothing to do", cfg.out)
@@ -694,12 +392,12 @@ def mine(config: MineConfig, *, executor: Executor | None = None, progress: bool
     todo = _chunk_tasks(cfg, p)
     lost: list[int] = []
 
-    def on_lost(task: _ChunkTask, cause: object) -> dict[str, Any]:
+    def on_lost(task: ChunkTask, cause: object) -> dict[str, Any]:
         lost.append(task.chunk)
-        return _lost_chunk(task, cause, p.qkeys, p.failures)
+        return lost_chunk(task, cause, p.qkeys, p.failures)
 
     computed = 0
-    for _, r in run_tasks(executor or LocalExecutor(1), _run_chunk, todo, on_lost=on_lost,
+    for _, r in run_tasks(executor or LocalExecutor(1), run_chunk, todo, on_lost=on_lost,
                           progress=progress and bool(todo), desc="mine"):
         computed += 0 if r.get("skipped") else 1
     missing = [c for c in range(n_chunks)

@@ -181,6 +181,87 @@ class TrainVQResult(JobResult):
     """``out``: the checkpoint; ``stats``: the summary (also in :func:`summary_path`)."""
 
 
+def _check_run(out: str, device: str | None, num_workers: int) -> None:
+    if not out.endswith(SUFFIX):
+        raise ConfigError(f"--out must be a {SUFFIX} file (weights only; pickle/.pt "
+                          f"checkpoints are not written or read), got {out!r}")
+    if device is not None and device != "cpu" and not str(device).startswith("cuda"):
+        raise ConfigError(f"device must be cpu, cuda[:N] or None, got {device!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers (Loader processes) must be an int >= 0, got "
+                          f"{num_workers!r}")
+
+
+def _loader(dataset: str, cfg: TrainVQConfig, num_workers: int,
+            storage_options: dict | None) -> Any:
+    """The Loader of the training images: square uint8 crops, undecodable ones skipped."""
+    from ..stream.decode import DecodeConfig, ImageDecode, ShortestSideCrop
+    from ..stream.loader import Loader
+    from ..stream.source import DatasetSource
+
+    # field_sets=(): sidecars hold no images, and joining them would read more bytes
+    return Loader(DatasetSource(root=str(dataset), split=cfg.split, field_sets=(),
+                                storage_options=storage_options),
+                  batch_size=cfg.batch_size, seed=cfg.seed, split=cfg.split,
+                  num_workers=num_workers,
+                  rank=0, world_size=1,  # one trainer reads everything, even under DDP
+                  batching=_image_batching(), on_error="skip",
+                  decode=DecodeConfig(image=ImageDecode(
+                      resize=ShortestSideCrop(size=cfg.image_size), dtype="uint8"),
+                      text=False, label=False))
+
+
+def _fit(images: _Images, cfg: TrainVQConfig, vq_cfg: Any, device: str | None,
+         progress: bool) -> tuple[Any, list[dict[str, Any]]]:
+    from tqdm import tqdm
+
+    from ...tokenizers.vqvae import train_vqvae
+
+    gen = iter(images)
+    stream: Iterator[np.ndarray] = gen
+    if progress:
+        stream = iter(tqdm(gen, total=cfg.steps * cfg.batch_size, unit="img", desc="train-vq"))
+    try:
+        return train_vqvae(stream, vq_cfg, steps=cfg.steps, seed=cfg.seed, device=device)
+    finally:
+        if stream is not gen:
+            stream.close()  # type: ignore[attr-defined]  (closes the progress bar)
+        gen.close()  # stops the loader's pass (and its worker processes, if any)
+
+
+def _held_out(loader: Any, epoch: int, n: int) -> list[np.ndarray]:
+    """Up to ``n`` images of a fresh epoch, for the final codebook usage."""
+    held: list[np.ndarray] = []
+    if n:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            keep = ~batch["__pad__"]
+            held.extend(batch["image"][keep].permute(0, 2, 3, 1).numpy())
+            if len(held) >= n:
+                break
+    return held[:n]
+
+
+def _summary(out: str, dataset: str, cfg: TrainVQConfig, vq_cfg: Any, trained: Any,
+             history: list[dict[str, Any]], images: _Images, loader: Any, seconds: float,
+             usage: dict[str, Any]) -> dict[str, Any]:
+    stride = cfg.stride
+    rows = [h for h in history if h["step"] % stride == 0 or h is history[-1]]
+    return {
+        "checkpoint": out, "dataset": str(dataset), "split": cfg.split,
+        "config": {**config_to_dict(cfg), "model": config_to_dict(vq_cfg)},
+        "device": str(next(trained.parameters()).device), "steps": len(history),
+        "images_seen": len(history) * cfg.batch_size, "epochs": images.epochs,
+        "skipped": int(loader.stats["skipped"]), "errors": dict(loader.stats["errors"]),
+        "seconds": round(seconds, 3),
+        "first": {k_: history[0][k_] for k_ in ("loss", "recon")} if history else None,
+        "last": {k_: history[-1][k_] for k_ in ("loss", "recon")} if history else None,
+        "usage": usage, "history_stride": stride,
+        "history": [{k_: (round(v, 6) if isinstance(v, float) else v) for k_, v in h.items()}
+                    for h in rows],
+    }
+
+
 def train_vq(dataset: str, out: str, config: TrainVQConfig | None = None, *,
              device: str | None = "cpu", num_workers: int = 0, progress: bool = False,
              storage_options: dict | None = None, **options: Any) -> TrainVQResult:
@@ -200,76 +281,24 @@ def train_vq(dataset: str, out: str, config: TrainVQConfig | None = None, *,
     >>> r.stats["history"][-1]["loss"] < r.stats["history"][0]["loss"]     # doctest: +SKIP
     True
     """
-    from ...tokenizers.vqvae import save_vqvae, train_vqvae
-    from ..stream.decode import DecodeConfig, ImageDecode, ShortestSideCrop
-    from ..stream.loader import Loader
-    from ..stream.source import DatasetSource
+    from ...tokenizers.vqvae import save_vqvae
 
     if config is not None and options:
         raise ConfigError("give train_vq a TrainVQConfig or its options as keywords, not "
                           f"both (got config and {sorted(options)})")
     cfg = config or config_from_dict(TrainVQConfig, options)
-    k, steps, batch_size, seed, split = cfg.k, cfg.steps, cfg.batch_size, cfg.seed, cfg.split
-    image_size, usage_images = cfg.image_size, cfg.usage_images
     out = os.fspath(out)
-    if not out.endswith(SUFFIX):
-        raise ConfigError(f"--out must be a {SUFFIX} file (weights only; pickle/.pt "
-                          f"checkpoints are not written or read), got {out!r}")
-    if device is not None and device != "cpu" and not str(device).startswith("cuda"):
-        raise ConfigError(f"device must be cpu, cuda[:N] or None, got {device!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(f"num_workers (Loader processes) must be an int >= 0, got "
-                          f"{num_workers!r}")
+    _check_run(out, device, num_workers)
     vq_cfg = cfg.vqvae_config()
-    # field_sets=(): sidecars hold no images, and joining them would read more bytes
-    loader = Loader(DatasetSource(root=str(dataset), split=split, field_sets=(),
-                                  storage_options=storage_options),
-                    batch_size=batch_size, seed=seed, split=split, num_workers=num_workers,
-                    rank=0, world_size=1,  # one trainer reads everything, even under DDP
-                    batching=_image_batching(), on_error="skip",
-                    decode=DecodeConfig(image=ImageDecode(
-                        resize=ShortestSideCrop(size=image_size), dtype="uint8"),
-                        text=False, label=False))
+    loader = _loader(dataset, cfg, num_workers, storage_options)
     images = _Images(loader)
     t0 = time.perf_counter()
-    from tqdm import tqdm
-
-    gen = iter(images)
-    stream: Iterator[np.ndarray] = gen
-    if progress:
-        stream = iter(tqdm(gen, total=steps * batch_size, unit="img", desc="train-vq"))
-    try:
-        trained, history = train_vqvae(stream, vq_cfg, steps=steps, seed=seed, device=device)
-    finally:
-        if stream is not gen:
-            stream.close()  # type: ignore[attr-defined]  (closes the progress bar)
-        gen.close()  # stops the loader's pass (and its worker processes, if any)
+    trained, history = _fit(images, cfg, vq_cfg, device, progress)
     seconds = time.perf_counter() - t0
-    held: list[np.ndarray] = []
-    if usage_images:
-        loader.set_epoch(images.epochs + 1)
-        for batch in loader:
-            keep = ~batch["__pad__"]
-            held.extend(batch["image"][keep].permute(0, 2, 3, 1).numpy())
-            if len(held) >= usage_images:
-                break
-    usage = _usage(trained, held[:usage_images], k)
+    usage = _usage(trained, _held_out(loader, images.epochs + 1, cfg.usage_images), cfg.k)
     out = save_artifact(out, lambda p: save_vqvae(trained, p), storage_options)
-    stride = cfg.stride
-    rows = [h for h in history if h["step"] % stride == 0 or h is history[-1]]
-    summary = {
-        "checkpoint": out, "dataset": str(dataset), "split": split,
-        "config": {**config_to_dict(cfg), "model": config_to_dict(vq_cfg)},
-        "device": str(next(trained.parameters()).device), "steps": len(history),
-        "images_seen": len(history) * batch_size, "epochs": images.epochs,
-        "skipped": int(loader.stats["skipped"]), "errors": dict(loader.stats["errors"]),
-        "seconds": round(seconds, 3),
-        "first": {k_: history[0][k_] for k_ in ("loss", "recon")} if history else None,
-        "last": {k_: history[-1][k_] for k_ in ("loss", "recon")} if history else None,
-        "usage": usage, "history_stride": stride,
-        "history": [{k_: (round(v, 6) if isinstance(v, float) else v) for k_, v in h.items()}
-                    for h in rows],
-    }
+    summary = _summary(out, dataset, cfg, vq_cfg, trained, history, images, loader, seconds,
+                       usage)
     st, rel = split_path(summary_path(out), storage_options)
     st.write_bytes(rel, json.dumps(summary, indent=1, sort_keys=True).encode())
     return TrainVQResult(out=out, stats=summary)
