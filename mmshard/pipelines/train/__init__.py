@@ -1,6 +1,7 @@
 """Training jobs over a dataset: codebooks (``fit-codebook``) and VQ-VAE (``train-vq``)."""
 
-from .codebook import fit_codebook
-from .vqvae import TrainVQConfig, train_vq
+from .codebook import FitCodebookConfig, FitCodebookResult, fit_codebook
+from .vqvae import TrainVQConfig, TrainVQResult, train_vq
 
-__all__ = ["TrainVQConfig", "fit_codebook", "train_vq"]
+__all__ = ["FitCodebookConfig", "FitCodebookResult", "TrainVQConfig", "TrainVQResult",
+           "fit_codebook", "train_vq"]

@@ -6,6 +6,7 @@
 
 from . import video_fields, vision_fields  # noqa: F401  (register frames, keyframes, vq, ...)
 from .fields import FIELD_SETS, FieldSet, build_field_set
-from .job import TransformResult, tokenize
+from .job import TokenizeConfig, TransformResult, tokenize
 
-__all__ = ["FIELD_SETS", "FieldSet", "TransformResult", "build_field_set", "tokenize"]
+__all__ = ["FIELD_SETS", "FieldSet", "TokenizeConfig", "TransformResult", "build_field_set",
+           "tokenize"]
