@@ -48,8 +48,10 @@ IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": 
 AUDIO_EXTS = {"flac": "flac", "wav": "wav", "mp3": "mp3", "ogg": "ogg", "opus": "opus",
               "m4a": "m4a", "aac": "aac", "aiff": "aiff", "aif": "aiff", "wma": "wma",
               "amr": "amr", "caf": "caf", "weba": "weba", "mka": "mka"}
+# MPEG program streams are stored as "vob": webdataset's and Hugging Face's default
+# decoders take ".mpg"/".mpeg" members for images (PIL lists them) and fail on video.
 VIDEO_EXTS = {"mp4": "mp4", "webm": "webm", "mkv": "mkv", "mov": "mov", "avi": "avi",
-              "m4v": "mp4", "mpg": "mpg", "mpeg": "mpg", "ts": "ts", "m2ts": "m2ts",
+              "m4v": "mp4", "mpg": "vob", "mpeg": "vob", "ts": "ts", "m2ts": "m2ts",
               "mts": "mts", "3gp": "3gp", "flv": "flv", "wmv": "wmv", "ogv": "ogv",
               "vob": "vob"}
 TEXT_SIDECARS = {"txt", "json", "cls"}

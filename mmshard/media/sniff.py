@@ -81,8 +81,8 @@ def sniff_field(head: bytes) -> str | None:
         if b"webm" in h[:40]:
             return "webm"
         return "mkv"
-    if h[:4] == b"\x00\x00\x01\xba":
-        return "mpg"
+    if h[:4] == b"\x00\x00\x01\xba":  # MPEG program stream: stored as vob (keys.py)
+        return "vob"
     if len(h) > 188 and h[0] == 0x47 and h[188] == 0x47:  # MPEG-TS: a sync byte per packet
         return "ts"
     if len(h) > 196 and h[4] == 0x47 and h[196] == 0x47:  # M2TS: 4-byte timestamp + packet

@@ -30,7 +30,7 @@ AUDIOS = {"aiff": [], "aif": [], "wma": [], "caf": [], "weba": ["-c:a", "libopus
           "mka": []}
 IMAGES = {"avif": "AVIF", "heic": "HEIF", "heif": "HEIF", "jp2": "JPEG2000", "jxl": "JXL",
           "ico": "ICO", "ppm": "PPM"}
-STORED_FIELD = {"mpeg": "mpg", "aif": "aiff", "heif": "heic"}
+STORED_FIELD = {"mpg": "vob", "mpeg": "vob", "aif": "aiff", "heif": "heic"}
 
 
 def _ffmpeg(path, lavfi: str, opts: list[str]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -34,6 +36,10 @@ def _corpus(root, kinds: set[str]) -> None:
     if "video" in kinds:
         os.makedirs(root, exist_ok=True)
         synth.write_video(str(root / "clip.mp4"), frames=6, fps=6, size=(32, 24))
+        if shutil.which("ffmpeg"):  # MPEG-PS, stored as .vob (PIL claims .mpg for images)
+            subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                            "testsrc=size=32x24:rate=25", "-frames:v", "5",
+                            str(root / "film.mpg")], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,7 @@ def test_webdataset_reads_every_dataset_with_default_decoders(datasets_by_kind, 
             if "cls" in s:  # an integer id; the name is in json and labels.json
                 names = json.load(open(os.path.join(folder, "labels.json")))["names"]
                 assert isinstance(s["cls"], int) and names[s["cls"]] == meta["label"]
-            for f in ("flac", "mp4"):
+            for f in ("flac", "mp4", "vob"):
                 if f in s:
                     assert isinstance(s[f], bytes) and s[f]
             if "png" in s:
