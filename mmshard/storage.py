@@ -77,8 +77,9 @@ def open_regular(path: str) -> IO[bytes]:
 
 
 def _friendly_os_error(e: OSError, what: str) -> JobError:
-    if e.errno == errno.ENOSPC:
-        return JobError(f"disk full while writing {what}: free space or choose another --out")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return JobError(f"disk full while writing {what} ({e.strerror}): free space or choose "
+                        "another --out; committed shards are kept and a rerun resumes")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return JobError(f"permission denied writing {what}: check the output folder's rights")
     return JobError(f"cannot write {what}: {e}")

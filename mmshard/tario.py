@@ -52,6 +52,10 @@ class HashingWriter:
     def flush(self) -> None:
         self.f.flush()
 
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self.f, "closed", False))
+
     def hexdigest(self) -> str:
         return self.h.hexdigest()
 
@@ -61,6 +65,8 @@ class TarWriter:
 
     ``fileobj`` is any binary writable file; the writer never closes it unless it opened
     it from a path.  Returns nothing per sample; ``count`` and ``bytes_written`` summarise.
+    A write or close that fails (disk full) abandons the stream, as :meth:`abort` does,
+    so nothing is written later from a finaliser (no ``_Stream.__del__`` noise).
     """
 
     def __init__(self, fileobj: IO[bytes] | str) -> None:
@@ -70,6 +76,24 @@ class TarWriter:
         self.count = 0
         self.payload_bytes = 0
         self._keys: set[str] = set()
+        self._done = False
+
+    def abort(self) -> None:
+        """Give up on the tar without writing anything more (its file is the caller's to
+        discard); idempotent."""
+        if self._done:
+            return
+        self._done = True
+        self._tar.closed = True  # tarfile would otherwise flush the end blocks when
+        stream = getattr(self._tar, "fileobj", None)  # its _Stream is collected
+        if stream is not None and hasattr(stream, "closed"):
+            stream.closed = True
+        if self._own:
+            self._f.close()
+
+    def __del__(self) -> None:  # never write from a finaliser: an unclosed tar is dropped
+        if getattr(self, "_done", True) is False:
+            self.abort()
 
     def write(self, sample: Mapping[str, Any]) -> None:
         key = sample.get("__key__")
@@ -100,20 +124,34 @@ class TarWriter:
             info.mode = 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            try:
+                self._tar.addfile(info, io.BytesIO(data))
+            except BaseException:
+                self.abort()
+                raise
             self.payload_bytes += len(data)
         self.count += 1
 
     def close(self) -> None:
-        self._tar.close()
+        if self._done:
+            return
+        try:
+            self._tar.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
         if self._own:
             self._f.close()
 
     def __enter__(self) -> TarWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, et: object, *exc: object) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def split_member_name(name: str, *, shard: str = "") -> tuple[str, str]:

@@ -4,7 +4,12 @@
 every indexed shard exists with the recorded size and sha256, holds exactly the
 indexed number of samples, in the manifest's key order, each with a ``json`` whose key
 matches; keys are unique across the dataset; every manifest row is an ``ok`` ledger row
-and vice versa; and inputs = ok + failed + duplicate.
+and vice versa; and inputs = ok + failed + duplicate.  Every field set (sidecar folder)
+must have been computed from the base shards as they are now (C2: each sidecar shard
+entry's ``base_sha256`` equals the base shard's sha256; a stale sidecar is a problem
+naming field set and shard; entries without it, from older mmshard, pass with a
+warning), and its shards must exist with their recorded sha256 and hold only keys of
+their base shard, in its order.  Tar member names are checked on every read.
 
 >>> verify_dataset("out")                                   # doctest: +SKIP
 []
@@ -14,13 +19,73 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
-from .dataset import open_dataset
+from .dataset import Dataset, open_dataset
 from .errors import ShardError
 
 __all__ = ["inspect_dataset", "verify_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+def _sha256(ds: Dataset, rel: str) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with ds.storage.open_read(rel) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _verify_sidecars(ds: Dataset, by_shard: dict[str, list[str]],
+                     bad: Callable[[str], None]) -> None:
+    """The C2 provenance and the bytes of every field set (see the module doc)."""
+    try:
+        sidecars = ds.sidecars()
+    except ShardError as e:
+        bad(str(e))
+        return
+    base = {sh.url.rsplit("/", 1)[-1]: sh for sh in ds.index.shards}
+    for fs, index in sorted(sidecars.items()):
+        unrecorded = 0
+        for s in index.shards:
+            name = s.url.rsplit("/", 1)[-1]
+            b = base.get(name)
+            if b is None:
+                bad(f"field set {fs!r}: shard {name} has no base shard in index.json")
+                continue
+            if s.base_sha256 is None:
+                unrecorded += 1
+            elif s.base_sha256 != b.sha256:
+                bad(f"field set {fs!r}, shard {name}: stale sidecar: computed from a base "
+                    f"shard with sha256 {s.base_sha256[:12]}..., the base shard is now "
+                    f"{b.sha256[:12]}...; recompute it (mmshard tokenize ... --overwrite) or "
+                    f"delete {fs}/")
+                continue
+            rel = f"{fs}/{name}"
+            if not ds.storage.exists(rel):
+                bad(f"field set {fs!r}: {rel} listed in {fs}/index.json but missing")
+                continue
+            if s.sha256 and _sha256(ds, rel)[0] != s.sha256:
+                bad(f"field set {fs!r}: {rel} sha256 differs from {fs}/index.json")
+            try:
+                keys = [x["__key__"] for x in ds.iter_shard(b, fs)]
+            except ShardError as e:
+                bad(f"field set {fs!r}: {e}")
+                continue
+            order = {k: i for i, k in enumerate(by_shard.get(name.removesuffix(".tar"), []))}
+            pos = [order.get(k, -1) for k in keys]
+            if -1 in pos or pos != sorted(pos):
+                bad(f"field set {fs!r}: {rel} holds keys not in its base shard or out of "
+                    "base order")
+        if unrecorded:
+            log.warning("field set %r of %s records no base_sha256 for %d shard(s) (made by an "
+                        "older mmshard): it cannot be checked for staleness", fs, ds.root,
+                        unrecorded)
 
 
 def verify_dataset(root: str, *, max_problems: int = 50,
@@ -49,15 +114,10 @@ def verify_dataset(root: str, *, max_problems: int = 50,
         if not ds.storage.exists(sh.url):
             bad(f"{sh.url}: listed in index.json but missing")
             continue
-        h = hashlib.sha256()
-        size = 0
-        with ds.storage.open_read(sh.url) as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
+        digest, size = _sha256(ds, sh.url)
         if size != sh.filesize:
             bad(f"{sh.url}: size {size} != index {sh.filesize}")
-        if h.hexdigest() != sh.sha256:
+        if digest != sh.sha256:
             bad(f"{sh.url}: sha256 differs from index.json")
         keys = []
         try:
@@ -83,6 +143,7 @@ def verify_dataset(root: str, *, max_problems: int = 50,
         if dup:
             bad(f"{sh.url}: keys also in another shard: {sorted(dup)[:5]}")
         seen.update(keys)
+    _verify_sidecars(ds, by_shard, bad)
     extra = set(by_shard) - indexed
     if extra:
         bad(f"manifest rows point at shards not in index.json: {sorted(extra)[:5]}")

@@ -56,27 +56,50 @@ def prepare_output(storage: Storage, job: dict[str, Any], overwrite: bool, *,
                    mismatch: Callable[[dict[str, Any]], str]) -> None:
     """Claim a dataset folder for a job (ingest, clips) and record its fingerprint.
 
-    ``overwrite`` removes a previous dataset; a folder made by this job with the same
+    First the output lock is taken (:func:`mmshard.pipelines.lock.claim_output`: one job
+    per output; a second live one fails fast naming the holder), so all that follows runs
+    under it.  ``overwrite`` removes everything the previous dataset owned (field sets,
+    dedup, labels included); a folder made by this job with the same
     ``job["fingerprint"]`` is resumed; another fingerprint raises JobError with
     ``mismatch(old_job)`` as the message; a dataset the job did not start is refused.
     Stale ``.tmp-*`` files of a killed run are removed.
     """
     from ..errors import JobError
+    from .lock import claim_output
 
+    claim_output(storage, job=str(job.get("job") or "mmshard job"))
     if overwrite:
-        for rel in FINAL_FILES:
-            storage.remove(rel)
-        storage.remove_tree("shards")
-        storage.remove_tree("_work")
+        remove_dataset(storage)
     elif storage.exists(JOB_FILE):
         old = json.loads(storage.read_bytes(JOB_FILE))
         if old.get("fingerprint") != job["fingerprint"]:
             raise JobError(mismatch(old))
-    elif storage.exists("index.json") or storage.listdir("shards"):
+    elif storage.exists("index.json") or any(
+            not n.startswith(".tmp-") for n in storage.listdir("shards")):
         raise JobError(f"{storage.root} already holds a dataset that this job did not start; "
                        "pass --overwrite to replace it or choose another output")
     storage.write_bytes(JOB_FILE, json.dumps(job, indent=1, sort_keys=True).encode())
     remove_temporaries(storage)
+
+
+def remove_dataset(storage: Storage) -> None:
+    """Delete everything a dataset folder's jobs wrote (base shards, final files, field
+    sets: every folder holding an index.json, dedup/, labels.json, _work/); other files
+    are left alone.  Call only under the output lock."""
+    from .lock import LOCK_FILE
+
+    for rel in (*FINAL_FILES, "labels.json"):
+        storage.remove(rel)
+    for name in storage.listdir(""):
+        if name in ("shards", "dedup") or (
+                not name.startswith((".", "_")) and storage.exists(f"{name}/index.json")):
+            storage.remove_tree(name)
+    for name in storage.listdir("_work"):  # all job state but the lock this job holds
+        rel = f"_work/{name}"
+        if rel != LOCK_FILE:
+            storage.remove_tree(rel)
+            if storage.exists(rel):
+                storage.remove(rel)
 
 
 def remove_temporaries(storage: Storage) -> None:
@@ -114,8 +137,10 @@ class ParquetSink:
             if exc[0] is None and not self._wrote:
                 self._w.write_table(self.schema.empty_table())
             self._w.close()
-        finally:
-            self._ctx.__exit__(*exc)
+        except BaseException as e:  # e.g. disk full on the footer: the temporary goes
+            self._ctx.__exit__(*(exc if exc[0] is not None else (type(e), e, e.__traceback__)))
+            raise
+        self._ctx.__exit__(*exc)
 
 
 def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],

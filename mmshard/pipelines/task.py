@@ -107,6 +107,9 @@ class ShardOutput:
         self._ctx: Any = None
 
     def __enter__(self) -> ShardOutput:
+        from .lock import lease_token
+
+        self._lease = lease_token(self.storage)  # the job that owns the output now
         self._ctx = self.storage.atomic_writer(self.rel)
         raw = self._ctx.__enter__()
         self._hw = HashingWriter(raw)
@@ -118,12 +121,16 @@ class ShardOutput:
         self.count = self._tar.count
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+        from .lock import check_lease
+
         if et is not None:
+            self._tar.abort()
             return bool(self._ctx.__exit__(et, ev, tb))
         try:
             self._tar.close()
             if self._tar.count == 0 and not self.keep_empty:
                 raise _AbortEmpty
+            check_lease(self.storage, self._lease)  # never commit for a driver that is gone
         except BaseException as e:
             self._ctx.__exit__(type(e), e, e.__traceback__)  # removes the temporary
             if isinstance(e, _AbortEmpty):

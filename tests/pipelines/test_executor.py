@@ -64,7 +64,7 @@ def test_ray_executor_bounds_in_flight_and_unwraps_task_errors(ray_cluster):
     for i, r in ex.imap_unordered(path_key, (f"d/{j}.x" for j in args), max_in_flight=2):
         got[i] = r
         args.done += 1
-    assert got == {i: f"d__{i}_x" for i in range(20)} and args.max_ahead <= 3
+    assert got == {i: path_key(f"d/{i}.x") for i in range(20)} and args.max_ahead <= 3
     with pytest.raises(ConfigError, match="sum to 1"):  # the task's own error, not RayTaskError
         list(ex.imap_unordered(parse_split_spec, ["train=1", "train=0.5"]))
 

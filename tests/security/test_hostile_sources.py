@@ -180,7 +180,7 @@ def test_distinct_inputs_never_share_a_key_and_failed_rows_never_block(tmp_path)
     for rel in ("v1.0/a.jpg", "v1.0/b.jpg", "猫.jpg", "狗.jpg", "a b.jpg", "a_b.jpg"):
         write_image(str(root / rel))
     rows = ["/etc/passwd", "/etc/hostname", "", "", "v1.0/a.jpg", "v1.0/b.jpg", "猫.jpg",
-            "狗.jpg", "a b.jpg", "a_b.jpg", "/etc/passwd"]
+            "狗.jpg", "a b.jpg", "a_b.jpg", "/etc/shadow"]
     (root / "m.csv").write_text("path,caption\n" + "".join(f"{p},c{i}\n"
                                                             for i, p in enumerate(rows)))
     for scheme in ("path", "hash"):
