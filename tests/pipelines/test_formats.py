@@ -13,7 +13,9 @@ import pytest
 
 from mmshard import IngestConfig, ingest, make_executor, synth
 from mmshard.cli.main import main
+from mmshard.dataset import open_dataset
 from mmshard.errors import SourceError
+from mmshard.pipelines.curate.audit import contract_problems
 from mmshard.verify import verify_dataset
 from tests.conftest import write_image, write_text
 
@@ -135,6 +137,7 @@ def test_unknown_extensions_are_sniffed_and_non_media_is_ignored(tmp_path, capsy
     assert stats["inputs"] == 3 == stats["ok"] + stats["failed"] + stats["duplicate"]
     assert stats["ignored"] == 2
     assert verify_dataset(str(out)) == []
+    assert contract_problems(open_dataset(str(out))) == []
 
 
 def test_a_source_without_media_is_an_error(tmp_path, capsys):

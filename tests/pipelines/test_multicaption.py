@@ -11,7 +11,9 @@ import pytest
 
 from mmshard import IngestConfig, SourceOptions, ingest, make_executor
 from mmshard.cli.main import main
+from mmshard.dataset import open_dataset
 from mmshard.errors import SourceError
+from mmshard.pipelines.curate.audit import contract_problems
 from mmshard.tario import iter_tar
 from mmshard.verify import verify_dataset
 from tests.conftest import write_image
@@ -67,6 +69,9 @@ def test_sample_per_row_makes_one_sample_per_caption(coco_csv, tmp_path, scheme)
                             "img__0_row4"}
         assert got["img__0_row2"]["jpg"] == got["img__0_row0"]["jpg"]  # bytes once per row
     assert verify_dataset(str(tmp_path / "out")) == []
+    led = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
+    assert len({r["source"] for r in led}) == len(rows)  # one ledger row per input row
+    assert contract_problems(open_dataset(str(tmp_path / "out"))) == []
 
 
 def test_group_captions_makes_one_sample_per_medium(coco_csv, tmp_path):

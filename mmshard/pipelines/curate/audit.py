@@ -291,6 +291,8 @@ def contract_problems(ds: Dataset) -> list[str]:
     if not ds.storage.exists("ledger.parquet"):
         return problems + [f"{ds.storage.path('ledger.parquet')} is missing"]
     led = ds.read_table("ledger").select(["source", "key", "status"]).to_pydict()
+    inputs_only = [i for i, s in enumerate(led["status"]) if s != "ignored"]  # not inputs
+    led = {k: [v[i] for i in inputs_only] for k, v in led.items()}
     dup_src = [s for s, c in Counter(led["source"]).items() if c > 1]
     if dup_src:
         problems.append(f"{len(dup_src)} input(s) have several ledger rows, e.g. {dup_src[0]!r}")

@@ -6,7 +6,8 @@
   (a ``--key-column`` with unique values also works: then every row is its own sample);
 - ``rows`` (``--sample-per-row``): one sample per row.  Every row of that manifest gets the
   key ``<path key>_row<N>`` (N = the row's index in the manifest; ``--key-scheme hash``:
-  the hash of ``<path>#row<N>``) and its own copy of the media bytes.  (``--dedup`` would
+  the hash of ``<path>#row<N>``), the ledger source ``<path>#row<N>``, and its own copy
+  of the media bytes.  (``--dedup`` would
   then keep only the first row of each medium: do not combine them.)
 - ``group`` (``--group-captions``): the rows that name the same media (same resolved
   paths) become one sample: ``txt`` holds the first caption, ``json.meta.captions`` all
@@ -58,8 +59,9 @@ def resolve_repeated(items: Sequence[InputItem], mode: str, key_scheme: str, src
     repeated = {m: ix for m, ix in by_media.items() if len(ix) > 1}
     if not repeated:
         return list(items)
-    if mode == "rows":
-        return [dataclasses.replace(it, key=_row_key(it, i, key_scheme))
+    if mode == "rows":  # the ledger's source names the row: one ledger row per input
+        return [dataclasses.replace(it, key=_row_key(it, i, key_scheme),
+                                    source=f"{it.source}#row{i}")
                 for i, it in enumerate(items)]
     if mode == "group":
         out, done = [], set()
