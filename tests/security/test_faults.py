@@ -63,6 +63,7 @@ def temporaries(out: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ item 9: disk full
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [6_000, 20_000])  # shard write / final commit
 def test_disk_full_is_one_line_exit_2_and_a_rerun_resumes_to_the_same_bytes(tmp_path, limit):
     src = tiny_tree(tmp_path / "src")
@@ -286,3 +287,19 @@ def test_overwrite_removes_field_sets_and_verify_refuses_a_stale_sidecar(tmp_pat
     assert not (out / "mel").exists() and not (out / "dedup").exists()
     assert not (out / "labels.json").exists() and (out / "notes.txt").exists()
     assert (out / LOCK_FILE).exists() and verify_dataset(str(out)) == []
+
+
+@pytest.mark.slow
+def test_disk_full_in_tokenize_is_one_line_and_a_rerun_finishes(tmp_path):
+    src = tiny_tree(tmp_path / "src", 4)
+    ds = tmp_path / "ds"
+    ingest([str(src)], str(ds), IngestConfig(max_samples=2), executor=LocalExecutor(1))
+    args = ["tokenize", str(ds), "--fields", "emb", "--option", "emb.encoder=hashing",
+            "--option", "emb.field=json", "--executor", "local", "--no-progress"]
+    full = cli(args, limit=2000)
+    assert full.returncode == 2 and len(full.stderr.strip().splitlines()) == 1, full.stderr
+    assert "disk full" in full.stderr and "Traceback" not in full.stderr
+    assert temporaries(ds) == []
+    again = cli(args)
+    assert again.returncode == 0, again.stderr
+    assert verify_dataset(str(ds)) == []
