@@ -280,10 +280,9 @@ def _dedup_semantic(ds: Dataset, config: DedupConfig
                           "--field-set?")
     a, b = pos[groups.dup], pos[groups.kept]
     labels = _components(len(table.keys), a, b)
+    # each duplicate points at its kept item, so every set is a star around the kept one
     sim = {(int(x), int(y)): float(s) for x, y, s in zip(a, b, groups.similarity)}
-    root = {int(x): int(y) for x, y in zip(a, b)}
-    rows = _rows_for_sets(table, labels,
-                          lambda d, k: sim.get((d, k), sim.get((d, root.get(d, k)), 0.0)),
+    rows = _rows_for_sets(table, labels, lambda d, k: sim.get((d, k), 0.0),
                           lambda d, k: "semantic")
     return table, rows, {"clusters": groups.clusters, "largest_cluster": groups.largest_cluster,
                          "vectors": len(groups.keys)}

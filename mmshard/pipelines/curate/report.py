@@ -29,7 +29,7 @@ import base64
 import io
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,6 +335,30 @@ def _audit(ds: Dataset, config: ReportConfig) -> dict[str, Any]:
     return {"present": True, "summary": summary, "pairs": pairs}
 
 
+@dataclass
+class _Inputs:
+    """What the section builders share: the dataset, the config, the manifest columns and
+    the one scan over the first shards."""
+
+    ds: Dataset
+    config: ReportConfig
+    manifest: dict[str, list]
+    scan: dict[str, Any]
+
+
+BUILDERS: dict[str, Callable[[_Inputs], dict[str, Any]]] = {
+    "counts": lambda x: _counts(x.manifest),
+    "failures": lambda x: _failures(x.ds),
+    "histograms": lambda x: _histograms(x.manifest, x.scan["captions"]),
+    "samples": lambda x: _samples(x.scan["grid"]),
+    "videos": lambda x: _videos(x.ds, x.config),
+    "audio": lambda x: _audio(x.ds, x.scan["audio"], x.config),
+    "mining": lambda x: _mining(x.ds, x.config),
+    "dedup": lambda x: _dedup(x.ds, x.config),
+    "audit": lambda x: _audit(x.ds, x.config),
+}
+
+
 def report_data(dataset: str, config: ReportConfig | None = None, *, progress: bool = False,
                 storage_options: dict | None = None) -> dict[str, Any]:
     """Every section's data (see the module docstring); ``progress`` shows a tqdm bar."""
@@ -342,34 +366,17 @@ def report_data(dataset: str, config: ReportConfig | None = None, *, progress: b
 
     config = config or ReportConfig()
     ds = Dataset(dataset, storage_options)
-    want = set(config.sections)
+    want = [s for s in SECTIONS if s in config.sections]
     out: dict[str, Any] = {"name": ds.index.name or ds.root, "root": ds.root,
                            "sections": list(config.sections)}
-    steps = ["manifest", "scan", *[s for s in SECTIONS if s in want]]
-    m: dict[str, list] = {}
-    scan: dict[str, Any] = {"captions": [], "grid": {}, "audio": []}
-    with tqdm(total=len(steps), desc="report", unit="step", disable=not progress) as bar:
-        for step in steps:
-            bar.set_postfix_str(step, refresh=False)
-            if step == "manifest":
-                m = _manifest(ds)
-            elif step == "scan":
-                if want & {"histograms", "samples", "audio"}:
-                    scan = _scan(ds, config, "samples" in want)
-            elif step == "counts":
-                out["counts"] = _counts(m)
-            elif step == "failures":
-                out["failures"] = _failures(ds)
-            elif step == "histograms":
-                out["histograms"] = _histograms(m, scan["captions"])
-            elif step == "samples":
-                out["samples"] = _samples(scan["grid"])
-            elif step == "videos":
-                out["videos"] = _videos(ds, config)
-            elif step == "audio":
-                out["audio"] = _audio(ds, scan["audio"], config)
-            else:
-                out[step] = {"mining": _mining, "dedup": _dedup, "audit": _audit}[step](ds, config)
+    with tqdm(total=len(want) + 1, desc="report", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("scan", refresh=False)
+        scan = _scan(ds, config, "samples" in want) if {"histograms", "samples", "audio"} \
+            & set(want) else {"captions": [], "grid": {}, "audio": []}
+        inputs = _Inputs(ds=ds, config=config, manifest=_manifest(ds), scan=scan)
+        bar.update(1)
+        for section in want:
+            bar.set_postfix_str(section, refresh=False)
+            out[section] = BUILDERS[section](inputs)
             bar.update(1)
     return out
-
