@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..errors import ConfigError
 from ._common import (
@@ -18,7 +19,7 @@ from ._common import (
 EXAMPLE = """\
 examples:
   mmshard embed data/photos --encoder pixels --field jpg            # -> data/photos/emb_jpg/
-  mmshard embed data/photos --encoder hashing --field txt --dtype float16
+  mmshard embed data/photos --encoder hashing --field txt --encoder-option dim=256
   mmshard embed data/photos --encoder sentence-transformers:/models/all-MiniLM-L6-v2 --field txt
   mmshard embed data/photos --encoder mypkg.encoders:make_encoder --field jpg --name emb_mine
 Built-in encoders need no weights: pixels (image), hashing (text), mel_stats (audio).
@@ -37,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", help="pixels|hashing|mel_stats, sentence-transformers:PATH, "
                                      "open_clip:ARCH:WEIGHTS or package.module:factory")
     p.add_argument("--field", help="field to embed: jpg|png|webp|txt|flac|wav")
+    p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="encoder keyword argument (repeatable; JSON values), e.g. dim=256")
     p.add_argument("--name", help="field set / member name (default emb_<field>)")
     p.add_argument("--dtype", choices=("float32", "float16"))
     p.add_argument("--no-normalize", action="store_const", const=True, help="keep raw vectors")
@@ -63,6 +66,14 @@ def embed_config(args: argparse.Namespace):
             spec[key] = value
     if args.no_normalize:
         spec["normalize"] = False
+    for text in args.encoder_option:
+        key, eq, value = text.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--encoder-option wants KEY=VALUE, got {text!r}")
+        try:
+            spec[key] = json.loads(value)
+        except ValueError:
+            spec[key] = value
     spec.setdefault("dtype", "float32")
     spec.setdefault("normalize", True)
     if not spec.get("encoder") or not spec.get("field"):
