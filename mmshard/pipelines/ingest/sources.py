@@ -507,7 +507,9 @@ def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
         shown = "; ".join(f"{a.key!r}: {a.source} and {b.source}" for a, b in dups[:5])
         raise SourceError(
             f"{len(dups)} duplicate key(s) before any work started: {shown}. Keys come from "
-            "paths relative to each source root; give sources with distinct relative paths, "
-            "a --key-column with unique values, or --key-scheme hash"
+            "paths relative to each source root (--key-scheme hash hashes that same relative "
+            "path, so it does not separate them): give sources with distinct relative paths "
+            "or one manifest with a --key-column of unique values; for manifest rows that "
+            "name the same media, --group-captions or --sample-per-row"
         )
     return items, ignored
