@@ -277,6 +277,8 @@ class _Downloader:
         dest = os.path.join(self.spool, str(n))
         res = await self.with_retries(url, lambda: self.follow(url, dest, self.limit))
         self.counts["ok" if not res.reason else res.reason] += 1
+        if res.reason and res.attempts > 1:
+            res.detail += f" (after {res.attempts} attempts)"
         return res
 
     async def with_retries(self, url: str, attempt) -> Fetched:

@@ -25,7 +25,9 @@ Layout under ``cache_dir``::
   half-evicted shard (no ``FileNotFoundError`` races).  When pinned shards alone exceed
   the limit the cache goes over it (counted in ``over_limit``) rather than stall.
 - Prefetch: the loader hands the cache the shards of a worker's next batches (plan
-  order); two threads per process fetch them while the current ones are read.
+  order); two threads per process fetch them while the current ones are read, at most
+  a quarter of ``cache_limit`` ahead per process (more would only evict shards that are
+  about to be read).
 
 >>> cfg = CacheConfig(cache_dir="/tmp/c", cache_limit="20GB")
 >>> cfg.limit_bytes
@@ -174,6 +176,7 @@ class ShardCache:
         self._pid = os.getpid()
         self._pool: ThreadPoolExecutor | None = None
         self._asked: set[str] = set()
+        self._ahead: dict[str, tuple[int, float]] = {}  # prefetched, not opened yet
         self._verified: set[str] = set()
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
@@ -253,6 +256,8 @@ class ShardCache:
         """Open ``url`` from the cache, downloading it first when needed; pinned until
         closed."""
         self._after_fork()
+        with self._lock:
+            self._ahead.pop(url, None)
         name = self.name(url)
         t0 = time.perf_counter()
         fetched = False
@@ -408,16 +413,36 @@ class ShardCache:
             self._reset()
 
     def prefetch(self, urls: Iterable[str]) -> None:
-        """Fetch ``urls`` in the background, in the order given (already cached: no-op)."""
+        """Fetch ``urls`` in the background, in the order given (already cached: no-op).
+
+        A process keeps at most a quarter of ``cache_limit`` fetched ahead of its reads
+        (so the workers and ranks sharing a cache cannot evict each other's next shards
+        in a loop); the rest waits for the next call."""
         self._after_fork()
-        new = [u for u in urls if u not in self._asked]
+        budget = max(1, self.limit // 4)
+        now = time.monotonic()
+        new = []
+        with self._lock:
+            for u, (_, t) in list(self._ahead.items()):
+                if now - t > 300:  # never read (an abandoned epoch): stop counting it
+                    del self._ahead[u]
+            used = sum(n for n, _ in self._ahead.values())
+            for u in dict.fromkeys(urls):
+                if u in self._asked or u in self._ahead:
+                    continue
+                size = max(self.expected.get(u, (0, ""))[0], 0)
+                if self._ahead and used + size > budget:
+                    break
+                used += size
+                self._ahead[u] = (size, now)
+                self._asked.add(u)
+                new.append(u)
         if not new:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.threads,
                                             thread_name_prefix="mmshard-cache")
         for u in new:
-            self._asked.add(u)
             self._pool.submit(self._prefetch_one, u)
 
     def _prefetch_one(self, url: str) -> None:
@@ -425,6 +450,7 @@ class ShardCache:
             self.ensure(url)
         except Exception as e:  # the reader fetches it again and raises with context
             log.warning("prefetch of %s failed: %s", url, e)
+        finally:  # asked again later (next epoch, after an eviction): checked again
             with self._lock:
                 self._asked.discard(url)
 
