@@ -70,9 +70,12 @@ def test_webdataset_and_loader_read_ids(tmp_path):
     urls = sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar"))
     got = {s["__key__"]: s["cls"] for s in wds.WebDataset(urls, shardshuffle=False).decode()}
     assert got == {"img0": 2, "img1": 0, "img2": 1}
-    loader = mmshard.Loader(str(tmp_path / "out"), batch_size=3, seed=0, shuffle=False)
+    loader = mmshard.Loader(str(tmp_path / "out"), batch_size=3, seed=0, shuffle=False,
+                            label_names=True)
     batch = next(iter(loader))
     assert sorted(batch["cls"].tolist()) == [0, 1, 2]
+    names = dict(zip(batch["__key__"], batch["label_name"]))
+    assert names == {"img0": "town", "img1": "animals", "img2": "sea"}
 
 
 def test_integer_labels_stay_as_given(tmp_path):
