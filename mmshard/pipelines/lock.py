@@ -83,8 +83,10 @@ def holder_alive(info: dict[str, Any]) -> bool | None:
 
 
 def _describe(info: dict[str, Any]) -> str:
+    argv = str(info.get("argv") or "")
+    cmd = f" ({argv[:80]}{'...' if len(argv) > 80 else ''})" if argv else ""
     return (f"{info.get('job', 'a job')} pid {info.get('pid')} on {info.get('host')} since "
-            f"{info.get('started', '?')}")
+            f"{info.get('started', '?')}{cmd}")
 
 
 @dataclass(eq=False)

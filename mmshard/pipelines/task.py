@@ -128,9 +128,11 @@ class ShardOutput:
             return bool(self._ctx.__exit__(et, ev, tb))
         try:
             self._tar.close()
+            # never commit for a driver that is gone; checked for an empty tar too, so the
+            # task stops before its part record (written after this block) as well
+            check_lease(self.storage, self._lease)
             if self._tar.count == 0 and not self.keep_empty:
                 raise _AbortEmpty
-            check_lease(self.storage, self._lease)  # never commit for a driver that is gone
         except BaseException as e:
             self._ctx.__exit__(type(e), e, e.__traceback__)  # removes the temporary
             if isinstance(e, _AbortEmpty):

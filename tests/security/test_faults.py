@@ -190,6 +190,11 @@ def test_a_task_never_commits_for_a_driver_that_is_gone(tmp_path):
             driver.wait()
     assert not (out / "shards" / "train-000000.tar").exists()
     assert temporaries(out) == []
+    driver, _ = hold(out)  # a task whose inputs all failed: no tar, and no part record after
+    with pytest.raises(LeaseLost):
+        with ShardOutput(st, "shards/train-000001.tar"):
+            driver.kill()
+            driver.wait()
     # a newer job took the output over: the old task does not commit into it either
     holder2, _ = hold(out)
     try:
