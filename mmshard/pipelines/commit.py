@@ -143,6 +143,71 @@ class ParquetSink:
         self._ctx.__exit__(*exc)
 
 
+class _Tally:
+    """What the commit gathers from the part records in its one pass."""
+
+    def __init__(self) -> None:
+        self.shard_infos: list[ShardInfo] = []
+        self.per_shard: list[dict[str, Any]] = []
+        self.totals: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.splits: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, set[str]] = {}
+        self.fields: set[str] = set()
+        self.modalities: Counter[str] = Counter()
+        self.layouts: dict[str, list[str]] = {}  # field set -> its shards (README: readers)
+
+    def rows(self, rows: list[dict[str, Any]], sp: dict[str, Any] | None = None) -> None:
+        for row in rows:
+            self.totals[row["status"]] += 1
+            if row["status"] == "failed":
+                self.failures[row["reason"]] += 1
+                if sp is not None:
+                    sp["failed"] += 1
+
+    def part(self, p: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        sp = self.splits.setdefault(p["split"],
+                                    {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
+        self.rows(rows, sp)
+        self.totals["bytes_in"] += p["stats"]["bytes_in"]
+        self.totals["bytes_out"] += p["stats"]["bytes_out"]
+        sp["samples"] += p["nsamples"]
+        g = self.groups.setdefault(p["split"], set())
+        for row in p["manifest"]:
+            g.add(row["group"])
+            self.fields.update(row["fields"].split(","))
+            self.modalities[row["modality"]] += 1
+        if p.get("url"):
+            sp["shards"] += 1
+            lay = ",".join(sorted({f for r in p["manifest"] for f in r["fields"].split(",")}))
+            self.layouts.setdefault(lay, []).append(p["url"])
+            self.shard_infos.append(ShardInfo(
+                url=p["url"], split=p["split"], nsamples=p["nsamples"],
+                filesize=p["filesize"], sha256=p["sha256"],
+                failed=p["planned"] - p["nsamples"], failures=p["failures"]))
+        self.per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
+                               "failed": p["planned"] - p["nsamples"],
+                               "failures": p["failures"], **p["stats"]})
+
+    def stats(self, name: str, run_stats: dict[str, Any]) -> dict[str, Any]:
+        totals = self.totals
+        inputs = totals["ok"] + totals["failed"] + totals["duplicate"]
+        seconds = run_stats.get("seconds") or 0.0
+        return {
+            "name": name, "inputs": inputs, "ok": totals["ok"], "failed": totals["failed"],
+            "duplicate": totals["duplicate"], "ignored": totals["ignored"],
+            "failure_rate": round(totals["failed"] / inputs, 6) if inputs else 0.0,
+            "failures_by_reason": dict(sorted(self.failures.items())),
+            "modalities": dict(sorted(self.modalities.items())),
+            "splits": dict(sorted(self.splits.items())), "shards": len(self.shard_infos),
+            "bytes_in": totals["bytes_in"], "bytes_out": totals["bytes_out"],
+            **run_stats,
+            "samples_per_s": round(totals["ok"] / seconds, 3) if seconds else None,
+            "mb_per_s_in": round(totals["bytes_in"] / 1e6 / seconds, 3) if seconds else None,
+            "per_shard": self.per_shard,
+        }
+
+
 def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
                    extra_ledger: list[dict[str, Any]], config: dict[str, Any],
                    run_stats: dict[str, Any],
@@ -162,86 +227,29 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     manifest_schema, ledger_schema = _schemas()
     shard_round = shard_round or {}
     latest_round = latest_round or {}
-
-    def parts():
-        for shard in shard_order:
-            yield json.loads(storage.read_bytes(part_name(shard)))
-
-    def current(p: dict[str, Any]) -> list[dict[str, Any]]:
-        r = shard_round.get(p["shard"], 0)
-        return [row for row in p["ledger"] if latest_round.get(row["key"], 0) <= r]
-
-    shard_infos = []
-    per_shard = []
-    totals: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    splits: dict[str, dict[str, Any]] = {}
-    groups: dict[str, set[str]] = {}
-    fields: set[str] = set()
-    modalities: Counter[str] = Counter()
-    layouts: dict[str, list[str]] = {}  # field set -> its shards (README: readers)
+    t = _Tally()
     with ParquetSink(storage, "manifest.parquet", manifest_schema) as man, \
             ParquetSink(storage, "ledger.parquet", ledger_schema) as led:
-        for p in parts():  # one pass over the part records: bounded memory, one read each
+        for shard in shard_order:  # one pass over the part records: bounded memory
+            p = json.loads(storage.read_bytes(part_name(shard)))
             man.write(p["manifest"])
-            rows = current(p)
+            r = shard_round.get(p["shard"], 0)
+            rows = [row for row in p["ledger"] if latest_round.get(row["key"], 0) <= r]
             led.write(rows)
-            sp = splits.setdefault(p["split"],
-                                   {"samples": 0, "shards": 0, "failed": 0, "groups": 0})
-            for row in rows:
-                totals[row["status"]] += 1
-                if row["status"] == "failed":
-                    failures[row["reason"]] += 1
-                    sp["failed"] += 1
-            totals["bytes_in"] += p["stats"]["bytes_in"]
-            totals["bytes_out"] += p["stats"]["bytes_out"]
-            sp["samples"] += p["nsamples"]
-            g = groups.setdefault(p["split"], set())
-            for row in p["manifest"]:
-                g.add(row["group"])
-                fields.update(row["fields"].split(","))
-                modalities[row["modality"]] += 1
-            if p.get("url"):
-                sp["shards"] += 1
-                lay = ",".join(sorted({f for r in p["manifest"] for f in r["fields"].split(",")}))
-                layouts.setdefault(lay, []).append(p["url"])
-                shard_infos.append(ShardInfo(
-                    url=p["url"], split=p["split"], nsamples=p["nsamples"],
-                    filesize=p["filesize"], sha256=p["sha256"],
-                    failed=p["planned"] - p["nsamples"], failures=p["failures"]))
-            per_shard.append({"shard": p["shard"], "samples": p["nsamples"],
-                              "failed": p["planned"] - p["nsamples"],
-                              "failures": p["failures"], **p["stats"]})
+            t.part(p, rows)
         led.write(extra_ledger)
-    for s, g in groups.items():
-        splits[s]["groups"] = len(g)
-    for r in extra_ledger:
-        totals[r["status"]] += 1
-        if r["status"] == "failed":
-            failures[r["reason"]] += 1
-    provenance: dict[str, Any] = {"layouts": dict(sorted(layouts.items()))}
+    for s, g in t.groups.items():
+        t.splits[s]["groups"] = len(g)
+    t.rows(extra_ledger)
+    provenance: dict[str, Any] = {"layouts": dict(sorted(t.layouts.items()))}
     if labels is not None:
         storage.write_bytes("labels.json", labels.to_json())
         provenance["labels"] = labels.summary()
-    index = DatasetIndex(name=name, shards=tuple(shard_infos), fields=tuple(sorted(fields)),
-                         splits=dict(sorted(splits.items())), config=config,
+    index = DatasetIndex(name=name, shards=tuple(t.shard_infos), fields=tuple(sorted(t.fields)),
+                         splits=dict(sorted(t.splits.items())), config=config,
                          provenance=provenance)
     storage.write_bytes("index.json", index.to_json())
-    inputs = totals["ok"] + totals["failed"] + totals["duplicate"]
-    seconds = run_stats.get("seconds") or 0.0
-    stats = {
-        "name": name, "inputs": inputs, "ok": totals["ok"], "failed": totals["failed"],
-        "duplicate": totals["duplicate"], "ignored": totals["ignored"],
-        "failure_rate": round(totals["failed"] / inputs, 6) if inputs else 0.0,
-        "failures_by_reason": dict(sorted(failures.items())),
-        "modalities": dict(sorted(modalities.items())),
-        "splits": dict(sorted(splits.items())), "shards": len(shard_infos),
-        "bytes_in": totals["bytes_in"], "bytes_out": totals["bytes_out"],
-        **run_stats,
-        "samples_per_s": round(totals["ok"] / seconds, 3) if seconds else None,
-        "mb_per_s_in": round(totals["bytes_in"] / 1e6 / seconds, 3) if seconds else None,
-        "per_shard": per_shard,
-    }
+    stats = t.stats(name, run_stats)
     storage.write_bytes("stats.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n"
                                        ).encode())
     return stats
