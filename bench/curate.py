@@ -335,7 +335,10 @@ def main() -> None:
                           "peak_rss_mb", "duplicates", "planted_found"])
     out = HERE / "results" / "curate.json"  # runs with --only merge into one record
     old = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    runs = [r for r in old.get("runs", []) if r["part"] not in {x["part"] for x in results}]
+    def ident(r: dict) -> tuple:
+        return r["part"], r.get("vectors"), r.get("images")
+
+    runs = [r for r in old.get("runs", []) if ident(r) not in {ident(x) for x in results}]
     save_json(out, {"runs": runs + [{**r, "machine": machine_info(), "args": vars(a)}
                                     for r in results]})
 

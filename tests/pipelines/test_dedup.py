@@ -255,3 +255,13 @@ def test_videos_are_matched_on_their_keyframes_sidecar(tmp_path):
     assert [(x["key"], x["duplicate_of"]) for x in _rows(str(ds))] == [
         ("v_orig", None), ("v_small", "v_orig")]  # the larger video is kept
     assert r.stats["not_hashed"] == {"no_keyframes": 1}
+
+
+def test_an_undecodable_image_is_counted_and_kept(tmp_path):
+    from tests._shards import make_dataset
+
+    info = make_dataset(tmp_path / "ds", shard_sizes={"train": (3,)}, image=True,
+                        corrupt=["train_00001"])
+    r = dedup(info.root, DedupConfig(method="phash"))
+    assert r.stats["not_hashed"] == {"undecodable_image": 1}
+    assert "train_00001" in _keep(info.root)  # not hashed means not removed

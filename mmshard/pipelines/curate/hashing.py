@@ -26,7 +26,8 @@ import numpy as np
 from ...dataset import Dataset, ShardInfo
 from ...errors import ShardError
 
-__all__ = ["IMAGE_FIELDS", "HashTask", "ShardHashes", "hash_shard", "image_thumbnail_grey"]
+__all__ = ["IMAGE_FIELDS", "HashTask", "ShardHashes", "decode_errors", "hash_shard",
+           "image_thumbnail_grey"]
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 VIDEO_FIELDS = ("mp4", "webm", "mkv", "mov", "avi")
@@ -64,6 +65,14 @@ class ShardHashes:
     owner: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
     failed: dict[str, str] = field(default_factory=dict)
+
+
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What a bad image raises in PIL (truncated, not an image, bomb) or in hashing
+    (too small): counted per sample, never fatal."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def image_thumbnail_grey(data: bytes, size: int = 64) -> tuple[np.ndarray, int]:
@@ -112,9 +121,12 @@ def _sidecar_thumbs(ds: Dataset, task: HashTask) -> dict[str, list[bytes]]:
 
 def hash_shard(task: HashTask) -> ShardHashes:
     """Hash every sample of one shard (see the module docstring)."""
+    from PIL import Image
+
     from ...tokenizers.phash import HASHES
 
     fn = HASHES.get(task.kind)
+    bad = decode_errors()
     ds = Dataset(task.root, task.storage_options)
     thumbs = _sidecar_thumbs(ds, task) if fn is not None else {}
     out = ShardHashes(shard=task.shard.url, split=task.shard.split)
@@ -133,15 +145,15 @@ def hash_shard(task: HashTask) -> ShardHashes:
                 grey, pixels = image_thumbnail_grey(data)
                 hashes.append(fn(grey))
                 owner.append(i)
-            except Exception as e:  # noqa: BLE001 - any decoder failure is a counted reason
-                out.failed[key] = "undecodable_image" if "too_many" not in str(e) \
-                    else "too_many_pixels"
+            except bad as e:
+                out.failed[key] = "too_many_pixels" if "too_many" in str(e) or isinstance(
+                    e, Image.DecompressionBombError) else "undecodable_image"
         elif fn is not None and fld in VIDEO_FIELDS:
             for jpg in thumbs.get(key, []):
                 try:
                     grey, _ = image_thumbnail_grey(jpg)
-                except Exception:  # noqa: BLE001
-                    continue
+                except bad:
+                    continue  # one unreadable thumbnail: the video keeps its other ones
                 hashes.append(fn(grey))
                 owner.append(i)
             if key not in thumbs:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ...dataset import Dataset
 from ...errors import ConfigError, MmshardError, ShardError
-from .hashing import IMAGE_FIELDS
+from .hashing import IMAGE_FIELDS, decode_errors
 
 __all__ = ["SECTIONS", "ReportConfig", "report_data"]
 
@@ -91,7 +91,7 @@ def thumbnail_uri(data: bytes, size: int) -> str | None:
         im.draft("RGB", (size, size))
         im = im.convert("RGB")
         im.thumbnail((size, size))
-    except Exception:  # noqa: BLE001 - a broken image is shown as missing, not fatal
+    except decode_errors():  # a broken image is shown as missing, not fatal
         return None
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)

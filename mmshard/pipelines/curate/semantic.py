@@ -119,17 +119,24 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _train_sample(src: VectorSource, max_train: int, seed: int) -> np.ndarray:
+    """The seeded k-means sample, filled into one preallocated array, normalised in place
+    (the peak memory of the job is this array: ``max_train x dim`` float32)."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(src.total, size=min(src.total, max_train), replace=False))
-    out, pos = [], 0
+    sample: np.ndarray | None = None
+    pos = filled = 0
     for _, v in src.chunks():
+        if sample is None:
+            sample = np.empty((len(pick), v.shape[1]), np.float32)
         lo, hi = np.searchsorted(pick, [pos, pos + len(v)])
-        if hi > lo:
-            out.append(v[pick[lo:hi] - pos])
+        sample[filled:filled + hi - lo] = v[pick[lo:hi] - pos]
+        filled += hi - lo
         pos += len(v)
-    if not out:
+    if sample is None or not filled:
         raise ShardError(f"no embedding vectors in {src.where}")
-    return _normalise(np.concatenate(out))
+    sample = sample[:filled]
+    sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+    return sample
 
 
 def _kmeans(sample: np.ndarray, k: int, seed: int):
