@@ -275,21 +275,29 @@ def fingerprint_array(vectors: np.ndarray, *, extra: Any = None,
 
 
 def save_index(built: BuiltIndex, path: str, *, meta: dict[str, Any]) -> None:
-    """Write ``index`` atomically (temp name + rename) with ``<path>.json`` holding
-    ``meta`` plus the search parameters."""
+    """Write ``index`` to the local ``path`` atomically with ``<path>.json`` holding
+    ``meta`` plus the search parameters (the sidecar lands last: an index without a
+    matching sidecar is never trusted).  FAISS writes to a file name, so the index goes
+    to a temporary beside ``path`` and is renamed; the sidecar goes through Storage.
+    :mod:`~mmshard.pipelines.mine.job` publishes both to an ``s3://`` index_path."""
+    from ...storage import Storage
+
     faiss = _faiss()
     cpu = built.index
-    tmp = f"{path}.tmp-{os.getpid()}"
-    faiss.write_index(cpu, tmp)
+    st = Storage(os.path.dirname(os.path.abspath(path)))
+    name = os.path.basename(path)
     side = {**meta, "params": built.params,
             "ntotal": int(cpu.ntotal), "faiss_version": faiss.__version__}
-    with open(f"{path}.json.tmp-{os.getpid()}", "w") as f:
-        json.dump(side, f, indent=2, sort_keys=True, default=str)
-    # The sidecar lands last: an index without a matching sidecar is never trusted.
-    if os.path.exists(f"{path}.json"):
-        os.remove(f"{path}.json")
-    os.replace(tmp, path)
-    os.replace(f"{path}.json.tmp-{os.getpid()}", f"{path}.json")
+    st.remove(f"{name}.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        faiss.write_index(cpu, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    st.write_bytes(f"{name}.json", json.dumps(side, indent=2, sort_keys=True,
+                                              default=str).encode())
 
 
 def read_index_meta(path: str) -> dict[str, Any] | None:

@@ -71,6 +71,8 @@ def prepare_vectors(emb: Embeddings, role: str, path: str, *, normalize: bool,
     if os.path.exists(path):
         return valid
     d = emb.dim
+    # a memory-mapped working file (local by design: workers mmap it), written under a
+    # temporary name and renamed, so a killed job never leaves a half-written copy
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                     shape=(len(valid), d))
