@@ -258,18 +258,24 @@ def group_batches(groups: np.ndarray, batch_size: int) -> list[np.ndarray]:
     most as many samples left as there are batches left (groups at the limit are
     served first), and the samples left fit in the batches left.
     """
-    import heapq
-
-    g = np.asarray(groups, dtype=np.int64).tolist()
-    n = len(g)
+    arr = np.asarray(groups, dtype=np.int64)
+    n = arr.size
+    if arr.size and arr.max() >= 0:  # a group with one sample here cannot collide
+        _, inv, cnt = np.unique(arr, return_inverse=True, return_counts=True)
+        arr = np.where(cnt[inv] > 1, arr, -1)
+    if not (arr >= 0).any():  # nothing can collide: plain chunks
+        return [np.arange(i, min(i + batch_size, n), dtype=np.int64)
+                for i in range(0, n, batch_size)]
+    g = arr.tolist()
     members: dict[int, deque[int]] = {}
     for i, x in enumerate(g):
         if x >= 0:
             members.setdefault(x, deque()).append(i)
-    largest = max((len(m) for m in members.values()), default=0)
-    left = max(-(-n // batch_size), largest)
-    heap = [(-len(m), m[0], x) for x, m in members.items()]
-    heapq.heapify(heap)
+    by_count: dict[int, set[int]] = {}  # samples left -> groups with that many
+    for x, m in members.items():
+        by_count.setdefault(len(m), set()).add(x)
+    top = max(by_count, default=0)
+    left = max(-(-n // batch_size), top)
     taken = [False] * n
     waiting: deque[int] = deque()
     nxt = 0
@@ -279,42 +285,40 @@ def group_batches(groups: np.ndarray, batch_size: int) -> list[np.ndarray]:
         taken[i] = True
         batch.append(i)
         x = g[i]
-        if x >= 0:
+        if x >= 0:  # (ungrouped samples need no bookkeeping)
             used.add(x)
             m = members[x]
+            by_count[len(m)].discard(x)
             m.popleft()  # a group's samples are always taken front first
             if m:
-                heapq.heappush(heap, (-len(m), m[0], x))
+                by_count.setdefault(len(m), set()).add(x)
 
-    while left > 0 and (nxt < n or waiting or heap):
+    def fits(i: int, batch: list[int], used: set[int]) -> bool:
+        if taken[i]:
+            return True  # pulled forward earlier: drop it from the stream
+        if g[i] >= 0 and g[i] in used:
+            return False
+        take(i, batch, used)
+        return True
+
+    while left > 0 and (nxt < n or waiting or top > 0):
         batch: list[int] = []
         used: set[int] = set()
-        urgent = []
-        while heap and -heap[0][0] >= left:
-            cnt, _, x = heapq.heappop(heap)
-            if members[x] and -cnt == len(members[x]):  # else a stale entry
-                urgent.append(x)
+        while top > 0 and not by_count.get(top):
+            top -= 1
+        urgent = sorted(x for c in range(top, left - 1, -1) for x in by_count.get(c, ()))
         for x in urgent:
             take(members[x][0], batch, used)
         for _ in range(len(waiting)):
             if len(batch) >= batch_size:
                 break
             i = waiting.popleft()
-            if taken[i]:
-                continue
-            if g[i] >= 0 and g[i] in used:
+            if not fits(i, batch, used):
                 waiting.append(i)
-            else:
-                take(i, batch, used)
         while len(batch) < batch_size and nxt < n:
-            i = nxt
             nxt += 1
-            if taken[i]:
-                continue
-            if g[i] >= 0 and g[i] in used:
-                waiting.append(i)
-            else:
-                take(i, batch, used)
+            if not fits(nxt - 1, batch, used):
+                waiting.append(nxt - 1)
         if batch:
             out.append(np.asarray(sorted(batch), dtype=np.int64))
         left -= 1
