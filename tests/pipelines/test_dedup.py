@@ -265,3 +265,20 @@ def test_an_undecodable_image_is_counted_and_kept(tmp_path):
     r = dedup(info.root, DedupConfig(method="phash"))
     assert r.stats["not_hashed"] == {"undecodable_image": 1}
     assert "train_00001" in _keep(info.root)  # not hashed means not removed
+
+
+def test_loader_filter_dedup_streams_exactly_the_keep_list(leaky):
+    """C4 end to end: the Loader's filter="dedup" reads keep.parquet written here."""
+    import mmshard
+
+    _, ds = leaky
+    dedup(ds, DedupConfig(method="phash"))
+    keep = set(_keep(ds))
+    man = pq.read_table(os.path.join(ds, "manifest.parquet")).to_pydict()
+    for split in ("train", "val"):
+        loader = mmshard.Loader(ds, split=split, batch_size=4, seed=0, filter="dedup",
+                                shuffle=False, rank=0, world_size=1, num_workers=0)
+        got = [k for b in loader for k, pad in zip(b["__key__"], b["__pad__"].tolist())
+               if not pad]
+        assert sorted(got) == sorted(k for k, s in zip(man["key"], man["split"])
+                                     if s == split and k in keep)

@@ -173,10 +173,10 @@ def _hash_links(parts: list[ShardHashes], threshold: int, table: _Table, with_ne
     owner = np.concatenate([p.owner.astype(np.int64) + o for p, o in zip(parts, offsets)]) \
         if parts else np.empty(0, np.int64)
     hashes = np.concatenate([p.hashes for p in parts]) if parts else np.empty(0, np.uint64)
-    sha = np.array([s for p in parts for s in p.sha256])
+    sha = np.array([s for p in parts for s in p.sha256], dtype="S64")  # 64 B per sample
     links_a, links_b = [], []
     order = np.argsort(sha, kind="stable")  # exact copies: link each to the previous one
-    same = (sha[order][1:] == sha[order][:-1]) & (sha[order][1:] != "")
+    same = (sha[order][1:] == sha[order][:-1]) & (sha[order][1:] != b"")
     links_a.append(order[1:][same])
     links_b.append(order[:-1][same])
     if with_near and len(hashes):
