@@ -244,7 +244,14 @@ class Loader:
     ``stats``; ``"raise"`` stops with a DataError naming the shard and key.
     ``pin_memory=None`` pins when CUDA is available; ``device="cuda"`` copies each
     batch on a side stream one batch ahead.  ``len(loader)`` is the number of batches
-    this rank yields per epoch.  ``cache_dir`` (with ``cache_limit``, e.g. ``"20GB"``)
+    this rank yields per epoch.  ``filter`` (``"dedup"``, a keep-list path or a
+    callable on manifest rows, :mod:`.filters`) plans the epoch without the removed
+    samples; ``label_names=True`` adds ``"label_name"`` from ``labels.json``; fields
+    some samples lack come with ``"__has__<field>"`` masks (:func:`.decode.collate`);
+    ``audit`` / :meth:`audit_check` report what was delivered (:mod:`.audit`).
+    Skips are counted in ``stats`` by reason and by shard (``stats["shards"]``),
+    damaged shards and refused tar members included.  ``cache_dir`` (with
+    ``cache_limit``, e.g. ``"20GB"``)
     reads a remote dataset (``s3://...``) through a local shard cache shared by workers
     and ranks, fetching the next shards in plan order (see :mod:`.cache`); cache counters
     are in ``stats["cache"]``.  Changing ``world_size`` between ``state_dict`` and
