@@ -253,3 +253,25 @@ def test_lost_transform_task_becomes_worker_lost_rows_and_a_rerun_recomputes_it(
     assert r.stats["mel"]["failures_by_reason"] == {"worker_lost": len(lost)}
     r2 = tokenize(str(dataset), {"mel": {}}, executor=LocalExecutor(1))
     assert r2.stats["mel"]["failed"] == 0 and r2.stats["mel"]["ok"] == 5
+
+
+def test_fit_codebook_on_an_object_array_is_one_line_naming_shard_and_key(dataset, tmp_path,
+                                                                          capsys):
+    from mmshard.tario import iter_tar
+
+    tokenize(str(dataset), {"mfcc": {}}, executor=LocalExecutor(1))
+    side = dataset / "mfcc"
+    name, samples = next((n, ss) for n in sorted(os.listdir(side)) if n.endswith(".tar")
+                         and (ss := list(iter_tar(str(side / n)))))  # a shard with audio
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"x": 1}, None], dtype=object), allow_pickle=True)  # a pickle
+    with TarWriter(str(side / name)) as w:
+        for s in samples:
+            s["mfcc.npy"] = buf.getvalue()
+            w.write({k: v for k, v in s.items() if k != "__url__"})
+    code = main(["fit-codebook", str(dataset), "--field", "mfcc", "--k", "4",
+                 "--out", str(tmp_path / "cb.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert samples[0]["__key__"] in err and name in err and "not a numeric array" in err
+    assert not (tmp_path / "cb.safetensors").exists()
