@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_executor_args, make_executor_from_args, table
+from ._common import add_executor_args, load_yaml, make_executor_from_args, table
 
 EXAMPLE = """\
 example:
@@ -24,14 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset")
     p.add_argument("--against", default=None, help="an external dataset (e.g. the eval set)")
-    p.add_argument("--methods", default="exact,phash,embedding,group",
-                   help="comma list of exact, phash, embedding, group")
-    p.add_argument("--hash", choices=("phash", "dhash"), default="phash")
-    p.add_argument("--threshold", type=int, default=10, help="Hamming bits of 64")
+    p.add_argument("--config", default=None, help="YAML with AuditConfig fields; flags override")
+    p.add_argument("--methods", default=None,
+                   help="comma list of exact, phash, embedding, group (default all)")
+    p.add_argument("--hash", choices=("phash", "dhash"), default=None, help="default phash")
+    p.add_argument("--threshold", type=int, default=None, help="Hamming bits of 64 (10)")
     p.add_argument("--field-set", default=None, help="embedding field set (default: an emb* "
                                                      "set both sides have)")
-    p.add_argument("--eps", type=float, default=0.05, help="embedding: cosine >= 1 - eps")
-    p.add_argument("--max-leaks", type=int, default=0, help="fail above this many (default 0)")
+    p.add_argument("--eps", type=float, default=None, help="embedding: cosine >= 1 - eps (0.05)")
+    p.add_argument("--max-leaks", type=int, default=None, help="fail above this many (default 0)")
     p.add_argument("--out", default=None, help="output folder (default DATASET/audit)")
     add_executor_args(p)
     p.set_defaults(func=run)
@@ -40,9 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipelines.curate.audit import AuditConfig, audit
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    config = AuditConfig(methods=methods, hash=args.hash, threshold=args.threshold,
-                         field_set=args.field_set, eps=args.eps, max_leaks=args.max_leaks)
+    data = load_yaml(args.config)
+    if args.methods is not None:
+        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in ("hash", "threshold", "field_set", "eps", "max_leaks"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    config = AuditConfig.from_dict(data)
     executor = make_executor_from_args(args)
     try:
         r = audit(args.dataset, config, against=args.against, out=args.out, executor=executor,

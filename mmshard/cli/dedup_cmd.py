@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_executor_args, make_executor_from_args, table
+from ._common import add_executor_args, load_yaml, make_executor_from_args, table
 
 EXAMPLE = """\
 example:
@@ -24,18 +24,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "set) and write dedup/dedup.parquet and dedup/keep.parquet.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset")
-    p.add_argument("--method", choices=("exact", "phash", "dhash", "semantic"), default="phash")
-    p.add_argument("--threshold", type=int, default=10,
+    p.add_argument("--config", default=None, help="YAML with DedupConfig fields; flags override")
+    p.add_argument("--method", choices=("exact", "phash", "dhash", "semantic"), default=None,
+                   help="default phash")
+    p.add_argument("--threshold", type=int, default=None,
                    help="phash/dhash: Hamming bits of 64 (default 10)")
     p.add_argument("--field-set", default=None,
                    help="semantic: embedding sidecar (default: the only emb* one) or a "
                         ".parquet with key, vector")
-    p.add_argument("--eps", type=float, default=0.05,
+    p.add_argument("--eps", type=float, default=None,
                    help="semantic: duplicates have cosine >= 1 - eps (default 0.05)")
     p.add_argument("--clusters", type=int, default=None,
                    help="semantic: k-means clusters (default: vectors / 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keyframes", default="keyframes",
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--keyframes", default=None,
                    help="sidecar with video keyframes (kf.NNN.jpg) for perceptual hashes")
     p.add_argument("--no-overwrite", action="store_true",
                    help="refuse to replace a dedup/ made with another config")
@@ -46,9 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipelines.curate.dedup import DedupConfig, dedup
 
-    config = DedupConfig(method=args.method, threshold=args.threshold, field_set=args.field_set,
-                         eps=args.eps, clusters=args.clusters, seed=args.seed,
-                         keyframes=args.keyframes)
+    data = load_yaml(args.config)
+    for name in ("method", "threshold", "field_set", "eps", "clusters", "seed", "keyframes"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    config = DedupConfig.from_dict(data)
     executor = make_executor_from_args(args)
     try:
         r = dedup(args.dataset, config, executor=executor, progress=not args.no_progress,

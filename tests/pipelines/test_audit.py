@@ -125,3 +125,17 @@ def test_contract_is_rechecked(leaky, tmp_path):
     stats = json.loads(open(os.path.join(ds, "stats.json")).read())
     assert f"stats.json says {stats['inputs']} inputs" in text
     assert not r.passed
+
+
+def test_cli_config_yaml_with_flag_override(leaky, tmp_path, capsys):
+    _, ds = leaky
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text("methods: [exact]\nmax_leaks: 0\n")
+    base = ["audit", ds, "--config", str(cfg), "--executor", "local", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 1  # the one exact copy
+    assert main([*base, "--out", str(tmp_path / "b"), "--max-leaks", "1"]) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["config"]["methods"] == ["exact"] and summary["config"]["max_leaks"] == 1
+    cfg.write_text("methodz: [exact]\n")
+    assert main(base) == 2 and "unknown AuditConfig option(s) ['methodz']" in \
+        capsys.readouterr().err

@@ -88,6 +88,13 @@ class AuditConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditConfig:
+        """Inverse of :meth:`to_dict` (``--config FILE.yaml``); unknown keys are refused."""
+        from ..._registry import config_from_dict
+
+        return config_from_dict(cls, data)
+
 
 @dataclass(frozen=True)
 class AuditResult(JobResult):

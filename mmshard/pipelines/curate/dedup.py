@@ -97,6 +97,13 @@ class DedupConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DedupConfig:
+        """Inverse of :meth:`to_dict` (``--config FILE.yaml``); unknown keys are refused."""
+        from ..._registry import config_from_dict
+
+        return config_from_dict(cls, data)
+
 
 @dataclass(frozen=True)
 class DedupResult(JobResult):
