@@ -1,34 +1,45 @@
-"""Shot cuts and keyframes: colour-histogram chi-square (+ optional Farneback flow).
+"""Shot cuts and keyframes: a colour + luma content score with an adaptive threshold,
+dissolve detection, optional flow gating, or a learned detector (TransNetV2).
 
-The detector streams a video once through :meth:`VideoReader.iter_frames` at a small
-size and keeps only a bounded state -- the last ``gradual_window + 1`` histograms, the
-previous grey frame, a rolling window of scores, and one small record (plus one JPEG
-thumbnail) per scene -- so memory does not grow with the video's length.  Long videos
-are therefore processed as overlapping chunks in effect: each frame is compared with
-the ``gradual_window`` frames before it, which is the overlap carried from chunk to chunk.
+The detector streams a video once, decoded at the analysis size by the decoder itself
+(PyAV scales while converting, so no full-size RGB frame is made), and keeps only a
+bounded state -- the last ``2 * gradual_window + 2`` small frames, a window of recent
+scores, and one small record per scene -- so memory does not grow with the video's
+length.  Keyframe thumbnails are decoded afterwards, only for the keyframes.
 
-Per frame ``t`` (downscaled to ``analysis_width``):
+Per frame ``t`` (at ``analysis_width``, HSV):
 
-- ``hist``: 8x8x8 RGB histogram (``cv2.calcHist``), normalised to sum 1, and the
-  symmetric chi-square distance to frame ``t-1``:
-  ``0.5 * sum((a - b)^2 / (a + b))`` in ``[0, 1]`` (0: same colours, 1: disjoint).
-- ``flow`` (``use_flow``): mean Farneback optical-flow magnitude between grey frames
-  ``t-1`` and ``t`` at ``flow_width``, as a fraction of the width, added with
-  ``flow_weight``; it is also averaged per scene (``motion``) for motion-aware sampling.
-- threshold: ``fixed`` (``score > fixed_threshold``) or ``adaptive``
-  (``score > median + max(min_threshold, adaptive_k * MAD)`` over the last
-  ``adaptive_window`` scores: a cut must stand out from the local level).
+- ``score``: the mean absolute change of hue (circular), saturation and value (luma)
+  against frame ``t-1``, over 255, in ``[0, 1]`` -- the colour *and* the brightness of
+  every pixel, so a cut between two shots of similar palette (a film's warm interiors)
+  still scores high while a colour histogram barely moves.
+- threshold: ``fixed`` (``score > min_score``) or ``adaptive`` (``score > max(min_score,
+  adaptive_ratio * median of the previous adaptive_window scores)``, capped at
+  ``max_score``: a cut must stand out from the local level of motion, and a change of
+  more than ``max_score`` is a cut whatever the motion before it).
+- ``hist``: the chi-square distance of 8x8x8 RGB histograms of frames ``t-1`` and ``t``
+  above ``hist_threshold`` is a cut too (the whole palette changed: it catches cuts
+  out of shots whose pixels all move, where the pixel score is high everywhere).
+- ``use_flow``: Farneback optical flow between grey frames at ``flow_width``; a cut
+  candidate is rejected when warping frame ``t-1`` by the flow explains the change
+  (residual below ``flow_gate`` of the raw change: fast camera motion, not a cut), and
+  the mean flow per scene is recorded (``motion``) for motion-aware sampling.
 - ``min_scene_len`` frames between cuts.
-- ``gradual`` (fade/dissolve tolerant): frame ``t`` is also compared with frame
-  ``t - gradual_window`` (never across the last cut); a run of frames above
-  ``gradual_threshold`` is one gradual transition, reported once at its centre.
+- ``gradual`` (on by default): frame ``c`` is the middle of a dissolve or fade when the
+  frames ``K = gradual_window`` before and after it differ by more than
+  ``gradual_threshold`` while ``c`` is close to their average (a linear mix: residual
+  below ``gradual_linearity`` of their difference) and no hard change lies between
+  them; a run of such frames is one transition, reported once at its strongest frame.
+- ``method="transnetv2"``: the TransNetV2 network (``mmshard[video-ml]``, see
+  :mod:`mmshard.tokenizers.transnet`) predicts the cuts instead; everything else
+  (scenes, keyframes, thumbnails) is the same.
 
 Output of :meth:`KeyframeDetector.detect`: the ``kf.json`` dict (scenes with start/end
 frames and times, cut kind and score, keyframes with their frame, time and thumbnail
 file name, method, config, version) and the thumbnails as JPEG bytes, in order, to be
 stored as ``kf.000.jpg``, ``kf.001.jpg`` ...
 
->>> det = KeyframeDetector(KeyframesConfig(gradual=True))
+>>> det = KeyframeDetector(KeyframesConfig())
 >>> kf, thumbs = det.detect("clip.mp4")                     # doctest: +SKIP
 >>> [s["start"] for s in kf["scenes"]], len(thumbs)         # doctest: +SKIP
 ([0, 75, 150], 3)
@@ -46,73 +57,108 @@ import numpy as np
 
 from .._registry import config_to_dict
 from ..errors import ConfigError
-from ..media.video_reader import BACKENDS, VideoFrame, VideoReader
+from ..media.video_reader import BACKENDS, VideoFrame, VideoReader, available_backends
 from .base import TOKENIZERS, provenance_of
 
-__all__ = ["KeyframeDetector", "KeyframesConfig", "detect_keyframes", "hist_chi2"]
+__all__ = ["KeyframeDetector", "KeyframesConfig", "content_score", "detect_keyframes",
+           "hist_chi2"]
 
 THRESHOLDS = ("fixed", "adaptive")
+METHODS = ("content", "transnetv2")
 
 
 @dataclass(frozen=True, kw_only=True)
 class KeyframesConfig:
-    """Options of the shot-cut / keyframe detector (see the module docstring)."""
+    """Options of the shot-cut / keyframe detector (see the module docstring).
 
+    >>> KeyframesConfig(gradual=False, min_score=0.12).threshold
+    'adaptive'
+    """
+
+    method: str = "content"
     backend: str = "auto"
-    analysis_width: int = 128
-    bins: int = 8
+    analysis_width: int = 64
     threshold: str = "adaptive"
-    fixed_threshold: float = 0.3
-    adaptive_k: float = 6.0
-    adaptive_window: int = 48
-    min_threshold: float = 0.15
+    min_score: float = 0.1
+    max_score: float = 0.3
+    hist_threshold: float = 0.3
+    adaptive_ratio: float = 3.0
+    adaptive_window: int = 24
     min_scene_len: int = 12
     use_flow: bool = False
-    flow_weight: float = 0.5
     flow_width: int = 64
-    gradual: bool = False
-    gradual_window: int = 16
-    gradual_threshold: float = 0.35
+    flow_gate: float = 0.5
+    gradual: bool = True
+    gradual_window: int = 10
+    gradual_threshold: float = 0.12
+    gradual_linearity: float = 0.3
+    transnet_threshold: float = 0.5
+    device: str = "auto"
     keyframe_offset: int = 6
     max_keyframes: int = 64
     thumb_size: int = 224
     jpeg_quality: int = 85
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got "
+                              f"{self.method!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got "
                               f"{self.backend!r}")
         if self.threshold not in THRESHOLDS:
             raise ConfigError(f"threshold must be one of {', '.join(THRESHOLDS)}; got "
                               f"{self.threshold!r}")
-        for name in ("analysis_width", "bins", "adaptive_window", "min_scene_len",
-                     "flow_width", "gradual_window", "max_keyframes", "thumb_size"):
+        for name in ("analysis_width", "adaptive_window", "min_scene_len", "flow_width",
+                     "gradual_window", "max_keyframes", "thumb_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {v!r}")
         if self.analysis_width < 8 or self.flow_width < 8:
             raise ConfigError("analysis_width and flow_width must be >= 8 pixels")
-        if not 2 <= self.bins <= 64:
-            raise ConfigError(f"bins must be in [2, 64], got {self.bins}")
-        for name in ("fixed_threshold", "min_threshold", "gradual_threshold"):
+        for name in ("min_score", "max_score", "hist_threshold", "gradual_threshold",
+                     "transnet_threshold", "flow_gate", "gradual_linearity"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1] (chi-square distance), got {v}")
-        if self.adaptive_k < 0 or self.flow_weight < 0:
-            raise ConfigError("adaptive_k and flow_weight must be >= 0")
+                raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.max_score < self.min_score:
+            raise ConfigError(f"max_score ({self.max_score}) must be >= min_score "
+                              f"({self.min_score})")
+        if self.adaptive_ratio < 0:
+            raise ConfigError(f"adaptive_ratio must be >= 0, got {self.adaptive_ratio}")
         if self.keyframe_offset < 0:
             raise ConfigError(f"keyframe_offset must be >= 0 frames, got {self.keyframe_offset}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.gradual and self.gradual_window < 2:
             raise ConfigError("gradual_window must be >= 2 frames when gradual=True")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
 
 
-def _hist(img: np.ndarray, bins: int) -> np.ndarray:
+def _hsv(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
+
+
+def _hist(img: np.ndarray, bins: int = 8) -> np.ndarray:
     import cv2
 
     h = cv2.calcHist([img], [0, 1, 2], None, [bins] * 3, [0, 256] * 3).ravel()
     return h / max(float(h.sum()), 1.0)
+
+
+def content_score(a_hsv: np.ndarray, b_hsv: np.ndarray) -> float:
+    """Mean absolute change of hue (circular), saturation and value, in ``[0, 1]``.
+
+    >>> z = np.zeros((2, 2, 3), np.uint8)
+    >>> content_score(z, z)
+    0.0
+    """
+    d = np.abs(a_hsv.astype(np.int16) - b_hsv.astype(np.int16))
+    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])  # hue wraps around
+    return float(d.mean()) / 255.0
 
 
 def hist_chi2(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,12 +177,27 @@ def _even(x: float) -> int:
 
 
 class _Scene:
-    __slots__ = ("start", "time", "kind", "score", "motion_sum", "motion_n", "kf")
+    __slots__ = ("start", "kind", "score", "motion_sum", "motion_n")
 
-    def __init__(self, start: int, time: float, kind: str, score: float) -> None:
-        self.start, self.time, self.kind, self.score = start, time, kind, score
+    def __init__(self, start: int, kind: str, score: float) -> None:
+        self.start, self.kind, self.score = start, kind, score
         self.motion_sum, self.motion_n = 0.0, 0
-        self.kf: tuple[int, float, bytes] | None = None
+
+
+class _Ring:
+    """The last ``n`` analysed frames: index -> (hsv, grey, image)."""
+
+    def __init__(self, n: int) -> None:
+        self.items: collections.OrderedDict[int, tuple[Any, ...]] = collections.OrderedDict()
+        self.n = n
+
+    def add(self, t: int, item: tuple[Any, ...]) -> None:
+        self.items[t] = item
+        while len(self.items) > self.n:
+            self.items.popitem(last=False)
+
+    def get(self, t: int) -> tuple[Any, ...] | None:
+        return self.items.get(t)
 
 
 @TOKENIZERS.register("keyframes")
@@ -151,7 +212,7 @@ class KeyframeDetector:
     """
 
     name = "keyframes"
-    version = "1"
+    version = "2"
     config_class = KeyframesConfig
     storage_dtype = np.dtype(np.uint8)  # outputs are JSON + JPEG bytes, not an array
 
@@ -160,6 +221,7 @@ class KeyframeDetector:
         if not isinstance(self.config, KeyframesConfig):
             raise ConfigError(f"KeyframeDetector needs a KeyframesConfig, got "
                               f"{type(self.config).__name__}")
+        self._net: Any = None
 
     def provenance(self) -> dict[str, Any]:
         """``{"tokenizer": "keyframes", "version": ..., "config": {...}}``."""
@@ -168,7 +230,9 @@ class KeyframeDetector:
     @property
     def method(self) -> str:
         c = self.config
-        return "hist_chi2" + ("+flow" if c.use_flow else "") + ("+gradual" if c.gradual else "")
+        if c.method == "transnetv2":
+            return "transnetv2"
+        return "content" + ("+flow" if c.use_flow else "") + ("+gradual" if c.gradual else "")
 
     def __call__(self, src: str | os.PathLike[str] | bytes | BinaryIO | VideoReader
                  ) -> tuple[dict[str, Any], list[bytes]]:
@@ -178,138 +242,246 @@ class KeyframeDetector:
                ) -> tuple[dict[str, Any], list[bytes]]:
         """Detect scenes in a video and return ``(kf_dict, thumbnails)``.
 
+        With ``backend="auto"`` the analysis pass streams ``analysis_width`` frames
+        from PyAV's fast decode (:class:`VideoReader` ``fast=True``, ``analysis=True``);
+        thumbnails are decoded exactly afterwards, for the keyframes only.
         Raises :class:`~mmshard.errors.DataError` for undecodable input.
         """
         c = self.config
         own = not isinstance(src, VideoReader)
-        reader = VideoReader(src, backend=c.backend) if own else src  # type: ignore[arg-type]
+        pyav = "pyav" in available_backends()
+        if own:
+            backend = "pyav" if c.backend == "auto" and pyav else c.backend
+            reader = VideoReader(src, backend=backend)  # type: ignore[arg-type]
+        else:
+            reader = src  # type: ignore[assignment]
+        stream = reader
         try:
             meta = reader.meta
-            scale = min(1.0, c.thumb_size / max(meta.width, meta.height))
-            thumb_wh = (_even(meta.width * scale), _even(meta.height * scale))
-            # Small sources are analysed at their own size (no scaler pass per frame: the
-            # analysis resize is one cheap cv2 call and thumbnails are made only for
-            # keyframes); large ones are scaled by the decoder to the thumbnail size first.
-            native = max(meta.width, meta.height) <= 2 * c.thumb_size
-            frames = reader.iter_frames(size=None if native else thumb_wh)
-            return self.detect_frames(frames, fps=meta.fps, width=meta.width,
-                                      height=meta.height, thumb_wh=thumb_wh)
+            if pyav and (c.backend if own else reader.requested) == "auto":
+                # the analysis pass streams small frames from PyAV's fast decode (no
+                # deblocking, planes shrunk before conversion); the exact reader is kept
+                # for the thumbnails
+                stream = reader.with_backend("pyav", fast=True)
+            if c.method == "transnetv2":
+                from .transnet import transnet_cuts
+
+                if self._net is None:
+                    from .transnet import load_transnet
+
+                    self._net = load_transnet(c.device)
+                cuts, n = transnet_cuts(self._net, stream, c.transnet_threshold)
+                scenes = [_Scene(0, "start", 0.0)]
+                for t, p in cuts:
+                    if t - scenes[-1].start >= c.min_scene_len:
+                        scenes.append(_Scene(t, "cut", round(p, 6)))
+            else:
+                aw = min(c.analysis_width, meta.width)
+                an_wh = (_even(aw), _even(aw * meta.height / meta.width))
+                frames = stream.iter_frames(size=an_wh, analysis=True)
+                scenes, n, _ = self._analyse(frames, keep=False)
+            return self._finish(reader, scenes, n, meta)
         finally:
+            if stream is not reader:
+                stream.close()
             if own:
                 reader.close()
 
     def detect_frames(self, frames: Iterable[VideoFrame], *, fps: float, width: int,
-                      height: int, thumb_wh: tuple[int, int] | None = None
+                      height: int, thumb_wh: tuple[int, int] | None = None,
+                      timestamps: np.ndarray | None = None
                       ) -> tuple[dict[str, Any], list[bytes]]:
         """The streaming core over any in-order iterable of RGB :class:`VideoFrame`;
         ``width``/``height``/``fps`` are the source facts recorded.  Thumbnails are the
         frames as given, or resized to ``thumb_wh`` when that is set."""
+        scenes, n, kf_frames = self._analyse(frames, keep=True)
+        ts = timestamps if timestamps is not None else (
+            np.arange(n, dtype=np.float64) / fps if fps > 0 else np.zeros(n))
+        kfs = self._keyframe_frames(scenes, n)
+        thumbs = [self._jpeg(kf_frames[i], thumb_wh) for i in kfs]
+        step = float(np.median(np.diff(ts))) if n > 1 else (1.0 / fps if fps > 0 else 0.0)
+        return self._result(scenes, n, ts, float(ts[-1] + step) if n else 0.0, fps, width,
+                            height, kfs, thumbs)
+
+    # -- analysis --------------------------------------------------------------------
+    def _analyse(self, frames: Iterable[VideoFrame], *, keep: bool
+                 ) -> tuple[list[_Scene], int, dict[int, np.ndarray]]:
+        """One streaming pass: scenes, frame count, and (``keep``) the keyframe images."""
         import cv2
 
         c = self.config
-
-        def jpeg(img: np.ndarray) -> bytes:
-            return self._jpeg(img, thumb_wh)
-
         k = c.gradual_window
-        hists: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=k + 1)
-        # recent (index, time) pairs: a gradual cut is placed up to a few windows back
-        times: collections.deque[tuple[int, float]] = collections.deque(maxlen=4 * k + 8)
+        ring = _Ring(2 * k + 2)
         recent: collections.deque[float] = collections.deque(maxlen=c.adaptive_window)
         scenes: list[_Scene] = []
-        prev_grey: np.ndarray | None = None
-        prev_img: np.ndarray | None = None
-        run: list[Any] | None = None  # [start_t, end_t, max_score] of a gradual run
-        last_t, last_time = -1, 0.0
-        frame_step = 1.0 / fps if fps > 0 else 0.0
-        an_wh = fl_wh = None
-
-        def keyframe_due(scene: _Scene, t: int) -> bool:
-            return scene.kf is None and t >= scene.start + c.keyframe_offset
-
+        kept: dict[int, np.ndarray] = {}
+        run: list[Any] | None = None  # [start_c, end_c, best_c, best_score]
+        last_jump = -1  # last frame with a single-step change above min_score
+        an_wh: tuple[int, int] | None = None
+        fl_wh: tuple[int, int] | None = None
+        t = -1
         for f in frames:
             t, img = f.index, f.image
             if an_wh is None:
                 h0, w0 = img.shape[:2]
-                aw, fw = min(c.analysis_width, w0), min(c.flow_width, w0)
+                aw = min(c.analysis_width, w0)
                 an_wh = (aw, _even(aw * h0 / w0))
+                fw = min(c.flow_width, w0)
                 fl_wh = (fw, _even(fw * h0 / w0))
-            small = cv2.resize(img, an_wh, interpolation=cv2.INTER_AREA)
-            hist = _hist(small, c.bins)
+            small = img if (img.shape[1], img.shape[0]) == an_wh else cv2.resize(
+                img, an_wh, interpolation=cv2.INTER_AREA)
+            hsv = _hsv(small)
+            grey = hsv[..., 2]
+            hist = _hist(small)
+            prev = ring.get(t - 1)
             motion = 0.0
-            if c.use_flow:
-                grey = cv2.cvtColor(cv2.resize(img, fl_wh, interpolation=cv2.INTER_AREA),
-                                    cv2.COLOR_RGB2GRAY)
-                if prev_grey is not None:
-                    flow = cv2.calcOpticalFlowFarneback(prev_grey, grey, None, 0.5, 2, 9, 2,
-                                                        5, 1.1, 0)
-                    motion = float(np.sqrt((flow ** 2).sum(-1)).mean()) / fl_wh[0]
-                prev_grey = grey
             if not scenes:
-                scenes.append(_Scene(t, f.time, "start", 0.0))
-            else:
-                d1 = hist_chi2(hist, hists[-1][1])
-                score = d1 + (c.flow_weight * min(1.0, 10.0 * motion) if c.use_flow else 0.0)
+                scenes.append(_Scene(t, "start", 0.0))
+            elif prev is not None:
+                score = content_score(hsv, prev[0])
+                chi = hist_chi2(hist, prev[3])
+                flow = None
+                if c.use_flow:
+                    flow, motion = self._flow(prev[1], grey, fl_wh)
                 thr = self._threshold(recent)
                 recent.append(score)
-                since = t - scenes[-1].start
-                if score > thr and since >= c.min_scene_len:
-                    if scenes[-1].kf is None and prev_img is not None:  # a short scene
-                        scenes[-1].kf = (last_t, last_time, jpeg(prev_img))
-                    scenes.append(_Scene(t, f.time, "cut", round(score, 6)))
-                    run = None
-                elif c.gradual and len(hists) > 1:
-                    ref_t = max(t - k, scenes[-1].start)
-                    ref = next((h for i, h in hists if i >= ref_t), None)
-                    dk = hist_chi2(hist, ref) if ref is not None and t - ref_t >= 2 else 0.0
-                    if dk > c.gradual_threshold:
-                        run = [t, t, dk] if run is None else [run[0], t, max(run[2], dk)]
-                    elif run is not None:
-                        self._close_run(run, scenes, k, times, frame_step)
+                if score > c.min_score or chi > c.hist_threshold:
+                    last_jump = t
+                palette = chi > c.hist_threshold  # the whole palette changed: a cut
+                if (palette or score > thr) and t - scenes[-1].start >= c.min_scene_len and (
+                        palette or not (c.use_flow and self._explained_by_motion(
+                            prev[1], grey, flow))):
+                    if run is not None:
+                        self._close_run(run, scenes)
                         run = None
+                    scenes.append(_Scene(t, "cut", round(max(score, chi), 6)))
+                elif c.gradual:
+                    run = self._gradual_step(t, ring, hsv, grey, last_jump, run, scenes)
             sc = scenes[-1]
             sc.motion_sum += motion
             sc.motion_n += 1
-            if keyframe_due(sc, t):
-                sc.kf = (t, f.time, jpeg(img))
-            hists.append((t, hist))
-            times.append((t, f.time))
-            last_t, last_time, prev_img = t, f.time, img
+            ring.add(t, (hsv, grey, img if keep else None, hist))
+            if keep:
+                self._keep_keyframes(scenes, ring, kept, t)
         if run is not None:
-            self._close_run(run, scenes, k, times, frame_step)
-        if scenes and scenes[-1].kf is None and prev_img is not None:
-            scenes[-1].kf = (last_t, last_time, jpeg(prev_img))
-        return self._result(scenes, last_t + 1, last_time + frame_step, fps, width, height)
+            self._close_run(run, scenes)
+        n = t + 1
+        if keep:
+            for i in self._keyframe_frames(scenes, n):
+                if i not in kept and ring.get(i) is not None:
+                    kept[i] = ring.get(i)[2]  # type: ignore[index]
+        return scenes, n, kept
 
-    # -- helpers ---------------------------------------------------------------------
-    def _threshold(self, recent: collections.deque[float]) -> float:
+    def _keep_keyframes(self, scenes: list[_Scene], ring: _Ring,
+                        kept: dict[int, np.ndarray], t: int) -> None:
+        """Keep the images the keyframes will need while they are still in the ring."""
+        off = self.config.keyframe_offset
+        for j in range(max(0, len(scenes) - 3), len(scenes)):
+            want = scenes[j].start + off
+            if j + 1 < len(scenes):
+                want = min(want, scenes[j + 1].start - 1)
+            if want <= t and want not in kept and ring.get(want) is not None:
+                kept[want] = ring.get(want)[2]  # type: ignore[index]
+
+    def _gradual_step(self, t: int, ring: _Ring, hsv: np.ndarray, grey: np.ndarray,
+                      last_jump: int, run: list[Any] | None, scenes: list[_Scene]
+                      ) -> list[Any] | None:
+        """Test frame ``t - K`` as the middle of a dissolve; grow or close the run."""
         c = self.config
-        if c.threshold == "fixed":
-            return c.fixed_threshold
-        if len(recent) < 3:
-            return max(c.min_threshold, c.fixed_threshold)
-        arr = np.fromiter(recent, np.float64, len(recent))
-        med = float(np.median(arr))
-        mad = float(np.median(np.abs(arr - med)))
-        return med + max(c.min_threshold, c.adaptive_k * mad)
+        k = c.gradual_window
+        mid, first = t - k, t - 2 * k
+        old, centre = ring.get(first), ring.get(mid)
+        hit = False
+        if (old is not None and centre is not None and last_jump < first
+                and first >= scenes[-1].start):
+            dk = content_score(hsv, old[0])
+            if dk > c.gradual_threshold:
+                a, b = old[1].astype(np.float32), grey.astype(np.float32)
+                span = float(np.abs(b - a).mean())
+                resid = float(np.abs(centre[1].astype(np.float32) - (a + b) / 2).mean())
+                hit = span > 0 and resid < c.gradual_linearity * span
+        if hit:
+            if run is None:
+                return [mid, mid, mid, dk]
+            run[1] = mid
+            if dk > run[3]:
+                run[2], run[3] = mid, dk
+            return run
+        if run is not None:
+            self._close_run(run, scenes)
+        return None
 
-    def _close_run(self, run: list[Any], scenes: list[_Scene], k: int,
-                   times: collections.deque[tuple[int, float]], frame_step: float) -> None:
-        """End a gradual run: one scene start at the transition's centre."""
-        start, end, score = run
+    def _close_run(self, run: list[Any], scenes: list[_Scene]) -> None:
+        """End a gradual run: one scene start at its strongest frame."""
+        start, end, best, score = run
         if end - start < 1:
             return  # a one-frame blip is noise, not a transition
-        pos = (start + end) // 2 - k // 2
-        prev = scenes[-1]
-        if pos - prev.start < self.config.min_scene_len:
+        if best - scenes[-1].start < self.config.min_scene_len:
             return
-        time = next((tm for i, tm in times if i == pos),
-                    prev.time + (pos - prev.start) * frame_step)
-        new = _Scene(pos, time, "gradual", round(float(score), 6))
-        # the keyframe already taken for frames after pos belongs to the new scene
-        if prev.kf is not None and prev.kf[0] >= pos:
-            new.kf, prev.kf = prev.kf, None
-        scenes.append(new)
+        scenes.append(_Scene(best, "gradual", round(float(score), 6)))
+
+    @staticmethod
+    def _flow(prev: np.ndarray, grey: np.ndarray, wh: tuple[int, int] | None
+              ) -> tuple[np.ndarray, float]:
+        import cv2
+
+        a, b = prev, grey
+        if wh is not None and (a.shape[1], a.shape[0]) != wh:
+            a = cv2.resize(a, wh, interpolation=cv2.INTER_AREA)
+            b = cv2.resize(b, wh, interpolation=cv2.INTER_AREA)
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 2, 5, 1.1, 0)
+        return flow, float(np.sqrt((flow ** 2).sum(-1)).mean()) / a.shape[1]
+
+    def _explained_by_motion(self, prev: np.ndarray, grey: np.ndarray,
+                             flow: np.ndarray | None) -> bool:
+        """True when warping the previous frame by the flow explains the change."""
+        import cv2
+
+        if flow is None:
+            return False
+        h, w = flow.shape[:2]
+        a = cv2.resize(prev, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        b = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        # backward warp: the flow maps a -> b, so sample a at (x - flow)
+        warped = cv2.remap(a, xx - flow[..., 0], yy - flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        raw = float(np.abs(b - a).mean())
+        resid = float(np.abs(b - warped).mean())
+        return raw > 0 and resid < self.config.flow_gate * raw
+
+    def _threshold(self, recent: collections.deque[float]) -> float:
+        c = self.config
+        if c.threshold == "fixed" or len(recent) < 3:
+            return c.min_score
+        med = float(np.median(np.fromiter(recent, np.float64, len(recent))))
+        return min(c.max_score, max(c.min_score, c.adaptive_ratio * med))
+
+    # -- output ----------------------------------------------------------------------
+    def _keyframe_frames(self, scenes: list[_Scene], n: int) -> list[int]:
+        """One keyframe per scene (``keyframe_offset`` in, or its last frame), capped."""
+        c = self.config
+        out = []
+        for i, s in enumerate(scenes):
+            end = scenes[i + 1].start if i + 1 < len(scenes) else n
+            out.append(min(s.start + c.keyframe_offset, end - 1))
+        if len(out) > c.max_keyframes:
+            pick = np.floor(np.arange(c.max_keyframes) * len(out) / c.max_keyframes)
+            out = [out[int(j)] for j in pick]
+        return out
+
+    def _finish(self, reader: VideoReader, scenes: list[_Scene], n: int, meta: Any
+                ) -> tuple[dict[str, Any], list[bytes]]:
+        """Times from the reader, thumbnails decoded for the keyframes only."""
+        c = self.config
+        ts = reader.timestamps()
+        n = min(n, len(ts)) if n else len(ts)
+        scale = min(1.0, c.thumb_size / max(meta.width, meta.height))
+        thumb_wh = (_even(meta.width * scale), _even(meta.height * scale))
+        kfs = self._keyframe_frames(scenes, n)
+        thumbs = [self._jpeg(img, thumb_wh) for img in reader.get_frames(kfs)] if kfs else []
+        return self._result(scenes, n, ts, meta.duration, meta.fps, meta.width, meta.height,
+                            kfs, thumbs)
 
     def _jpeg(self, img: np.ndarray, wh: tuple[int, int] | None = None) -> bytes:
         import cv2
@@ -322,28 +494,26 @@ class KeyframeDetector:
             raise ConfigError("JPEG encoding of a thumbnail failed")
         return buf.tobytes()
 
-    def _result(self, scenes: list[_Scene], n: int, end_time: float, fps: float, width: int,
-                height: int) -> tuple[dict[str, Any], list[bytes]]:
+    def _result(self, scenes: list[_Scene], n: int, ts: np.ndarray, end_time: float,
+                fps: float, width: int, height: int, kfs: list[int], thumbs: list[bytes]
+                ) -> tuple[dict[str, Any], list[bytes]]:
         c = self.config
+        end_time = float(end_time) if np.isfinite(end_time) else float(ts[n - 1])
         out_scenes = []
         for i, s in enumerate(scenes):
             end = scenes[i + 1].start if i + 1 < len(scenes) else n
-            end_t = scenes[i + 1].time if i + 1 < len(scenes) else end_time
-            d = {"start": s.start, "end": end, "start_time": round(s.time, 6),
+            end_t = float(ts[end]) if end < n else end_time
+            d = {"start": s.start, "end": end, "start_time": round(float(ts[s.start]), 6),
                  "end_time": round(end_t, 6), "kind": s.kind, "score": s.score}
             if c.use_flow:
                 d["motion"] = round(s.motion_sum / max(s.motion_n, 1), 6)
             out_scenes.append(d)
-        with_kf = [i for i, s in enumerate(scenes) if s.kf is not None]
-        if len(with_kf) > c.max_keyframes:
-            pick = np.floor(np.arange(c.max_keyframes) * len(with_kf) / c.max_keyframes)
-            with_kf = [with_kf[int(j)] for j in pick]
-        keyframes, thumbs = [], []
-        for j, i in enumerate(with_kf):
-            t, time, jpg = scenes[i].kf  # type: ignore[misc]
-            keyframes.append({"frame": t, "time": round(time, 6), "scene": i,
+        starts = [s.start for s in scenes]
+        keyframes = []
+        for j, t in enumerate(kfs):
+            scene = int(np.searchsorted(starts, t, side="right")) - 1
+            keyframes.append({"frame": t, "time": round(float(ts[t]), 6), "scene": scene,
                               "file": f"kf.{j:03d}.jpg"})
-            thumbs.append(jpg)
         kf = {
             "tokenizer": self.name,
             "version": self.version,
@@ -353,8 +523,8 @@ class KeyframeDetector:
             "fps": fps,
             "width": width,
             "height": height,
-            "scene_starts": [s.start for s in scenes],
-            "keyframe_frames": [k["frame"] for k in keyframes],
+            "scene_starts": starts,
+            "keyframe_frames": list(kfs),
             "scenes": out_scenes,
             "keyframes": keyframes,
         }
