@@ -354,3 +354,8 @@ def test_cli_download_flags(server, tmp_path):
     off = pq.read_table(str(tmp_path / "off" / "ledger.parquet")).to_pylist()
     assert sorted(r["reason"] for r in on) == ["", "opted_out"]
     assert [r["status"] for r in off] == ["ok", "ok"]
+    import json
+
+    stats = [json.loads((tmp_path / d / "stats.json").read_text()) for d in ("on", "off")]
+    assert [s["download"]["opt_out_check"] for s in stats] == [True, False]  # recorded
+    assert stats[0]["download"]["user_agent"] == UA

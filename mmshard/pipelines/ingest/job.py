@@ -265,7 +265,8 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         run_stats = {"seconds": round(time.perf_counter() - t0, 3),
                      "executor": type(executor).__name__, "workers": executor.workers,
                      "resumed_shards": len(all_shards) - len(todo),
-                     "retry_rounds": len(rounds), "ignored_files": len(ignored)}
+                     "retry_rounds": len(rounds), "ignored_files": len(ignored),
+                     "download": _download_record(download)}
         shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
         latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
                         for it in s.items}
@@ -285,6 +286,13 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
             f"reasons: {stats['failures_by_reason']}; see {storage.path('ledger.parquet')}",
             result)
     return result
+
+
+def _download_record(download: DownloadOptions | None) -> dict[str, Any]:
+    """What stats.json says about URL inputs' politeness (opt-out honoured or not)."""
+    d = download or DownloadOptions()
+    return {"opt_out_check": d.opt_out_check, "user_agent": d.user_agent,
+            "per_host": d.per_host, "host_rate": d.host_rate}
 
 
 RETRIES_FILE = "_work/retries.json"
