@@ -134,7 +134,7 @@ def test_http_urls_in_a_manifest(tmp_path):
     got = samples(tmp_path / "out")
     assert len(got) == 2 and {s["txt"] for s in got.values()} == {b"zero", b"one"}
     assert r.stats["failed"] == 1
-    assert list(r.stats["failures_by_reason"]) == ["missing_file"]
+    assert list(r.stats["failures_by_reason"]) == ["http_404"]  # the URL downloader's reason
 
 
 def test_fsspec_memory_url_source(tmp_path):
