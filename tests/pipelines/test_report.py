@@ -176,3 +176,28 @@ def test_chromium_renders_every_section_and_decodes_the_grid(photos, tmp_path):
     assert cell.std() > 10                        # a picture, not a flat placeholder
     blank = px[-60:, -60:]                        # below/right of the grid: page background
     assert (np.abs(blank - 255).sum(axis=2) <= 30).mean() > 0.99
+
+
+def test_real_keyframes_sidecar_dedups_a_reencoded_video_and_feeds_the_strips(tmp_path):
+    """ingest -> tokenize keyframes -> dedup -> report, all real: a resized, re-encoded
+    copy of a video is a duplicate of it (the larger one kept); another video is not."""
+    from mmshard import IngestConfig, ingest, make_executor, synth
+    from mmshard.pipelines.transform.job import tokenize
+
+    src = tmp_path / "src"
+    src.mkdir()
+    synth.write_video(str(src / "a.mp4"), frames=20, fps=10, cuts=(10,), seed=1, size=(96, 72))
+    synth.write_video(str(src / "b.mp4"), frames=20, fps=10, cuts=(10,), seed=2, size=(96, 72))
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(src / "a.mp4"), "-vf",
+                    "scale=64:48", "-crf", "30", str(src / "a_small.mp4")], check=True)
+    ds = str(tmp_path / "ds")
+    ingest([str(src)], ds, IngestConfig(), executor=make_executor("local"))
+    tokenize(ds, {"keyframes": {}}, executor=make_executor("local"))
+    dedup(ds, DedupConfig(method="phash"))
+    rows = pq.read_table(os.path.join(ds, "dedup", "dedup.parquet")).to_pylist()
+    assert [(r["key"], r["duplicate_of"], r["method"]) for r in rows] == [
+        ("a", None, "phash"), ("a_small", "a", "phash")]
+    strips = report_data(ds, ReportConfig(sections=("videos",)))["videos"]["strips"]
+    assert {s["key"] for s in strips} == {"a", "a_small", "b"}
+    assert all(s["frames"] and _decode(s["frames"][0]) for s in strips)
+    assert all(s["duration"] == pytest.approx(2.0) for s in strips)
