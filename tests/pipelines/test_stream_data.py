@@ -261,6 +261,10 @@ def test_filters_dedup_keep_lists_and_manifest_predicate(tmp_path):
         assert len(runs[0]) == len(runs[1])
         assert sorted(real_keys(runs[0]) + real_keys(runs[1])) == sorted(keep)
     other = make_dataset(tmp_path / "other", shard_sizes={"train": (2,)}).root
+    # mixed with another dataset, the keep-list applies to each of them by key
+    mixed = Loader([str(root), other], weights=[1, 1], batch_size=2, seed=0,
+                   filter=_keep_list(tmp_path, keep, "txt"))
+    assert set(real_keys(list(mixed))) <= set(keep)
     with pytest.raises(ConfigError, match="mmshard dedup"):
         Loader(other, batch_size=2, seed=0, filter="dedup")
     # a checkpoint taken under one filter does not resume under another
