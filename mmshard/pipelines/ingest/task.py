@@ -5,16 +5,24 @@ Consumes a :class:`ShardTask` (the shard's planned inputs, in key order) and emi
 at least one input succeeded) and then ``_work/parts/<name>.json`` holding the shard's
 ledger rows, manifest rows and stats.  The part record is written last, so its presence
 means the shard is committed: a rerun skips it.  Tasks are idempotent and retryable.
+
+Within a task the inputs are built on ``threads`` threads (0: the worker's CPU count, at
+most 4; PIL's decode, resize and encode release the GIL) over a bounded window, and
+written, ledgered and logged in plan order: the shard's bytes do not depend on the
+thread count, and the last task of a job still uses every core of its worker.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +62,7 @@ class ShardTask:
     items: tuple[InputItem, ...]
     media: MediaOptions
     download: DownloadOptions | None = None  # how http(s) inputs are fetched (download.py)
+    threads: int = 0  # inputs built concurrently in the task (0: CPUs, at most 4)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +248,40 @@ def build_sample(item: InputItem, split: str, opts: MediaOptions,
     return sample, row
 
 
+def _replay(result: Any, error: BaseException | None) -> Any:
+    if error is not None:
+        raise error
+    return result
+
+
+def _built(task: ShardTask, part: PartRecord, fetched: Mapping[str, Any] | None
+           ) -> Iterator[tuple[dict[str, Any], dict[str, Any]] | None]:
+    """``build_sample`` of each input in plan order (None for a failed one, recorded in
+    ``part`` in plan order), computed ``threads`` at a time, at most 2 x threads ahead."""
+    threads = task.threads or min(4, os.cpu_count() or 1)
+    items = task.items
+    if threads <= 1 or len(items) < 2:
+        for item in items:
+            yield part.attempt(item.source, item.key, build_sample, item, task.split,
+                               task.media, fetched)
+        return
+
+    def one(item: InputItem) -> tuple[Any, BaseException | None]:
+        try:
+            return build_sample(item, task.split, task.media, fetched), None
+        except Exception as e:  # raised again in plan order, through part.attempt
+            return None, e
+
+    with cf.ThreadPoolExecutor(threads, thread_name_prefix="mmshard-item") as pool:
+        ahead = 2 * threads
+        window = deque(pool.submit(one, it) for it in items[:ahead])
+        for i, item in enumerate(items):
+            res, err = window.popleft().result()
+            if i + ahead < len(items):
+                window.append(pool.submit(one, items[i + ahead]))
+            yield part.attempt(item.source, item.key, _replay, res, err)
+
+
 def run_shard_task(task: ShardTask) -> ShardResult:
     """Process one shard's inputs and commit the tar and part record (see module doc)."""
     t0 = time.perf_counter()
@@ -248,9 +291,7 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     # the shard's URLs are fetched concurrently first; plan order then decides the tar
     with fetch_urls(urls, task.download, max_file_bytes=task.media.max_file_bytes) as got, \
             ShardOutput(storage, f"shards/{task.shard}.tar") as out:
-        for item in task.items:
-            built = part.attempt(item.source, item.key, build_sample, item, task.split,
-                                 task.media, got)
+        for item, built in zip(task.items, _built(task, part, got), strict=True):
             if built is None:
                 continue
             sample, row = built
