@@ -163,7 +163,8 @@ def _write_emb_sidecar(ds: str, vectors: dict[str, np.ndarray], name: str = "emb
                 np.save(buf, vectors[k].astype(np.float32), allow_pickle=False)
                 w.write({"__key__": k, f"{name}.npy": buf.getvalue()})
         shards.append(ShardInfo(url=f"{stem}.tar", split=s["split"], nsamples=len(
-            by_shard.get(stem, [])), filesize=os.path.getsize(path), sha256=""))
+            by_shard.get(stem, [])), filesize=os.path.getsize(path), sha256="",
+            base_sha256=s["sha256"]))  # C2 provenance: the base shard it belongs to
     with open(os.path.join(ds, name, "index.json"), "wb") as f:
         f.write(DatasetIndex(name="emb", shards=tuple(shards), field_set=name).to_json())
 
