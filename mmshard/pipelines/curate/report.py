@@ -221,7 +221,7 @@ def mel_image_uri(mel: np.ndarray, height: int = 80) -> str:
     lo = np.floor(x).astype(int).clip(0, len(ramp) - 2)
     t = (x - lo)[..., None]
     rgb = (ramp[lo] * (1 - t) + ramp[lo + 1] * t).astype(np.uint8)
-    im = Image.fromarray(rgb).resize((max(8, min(600, a.shape[1] * 2)), height))
+    im = Image.fromarray(rgb).resize((max(120, min(600, a.shape[1] * 2)), height))
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return data_uri(buf.getvalue(), "image/png")
@@ -247,9 +247,12 @@ def _audio(ds: Dataset, clips: list[tuple[str, str, bytes]], config: ReportConfi
             from ...tokenizers.audio_features import log_mel_spectrogram
 
             try:  # frames x channels -> mono; the picture needs no exact resampling
-                wav, _sr, _ = decode_audio(data)
-                mono = np.ascontiguousarray(wav.mean(axis=1), np.float32)
-                mel = log_mel_spectrogram(mono).numpy()
+                wav, sr, _ = decode_audio(data)
+                mono = wav.mean(axis=1)
+                if sr != 16000:  # linear resampling is plenty for a picture
+                    t = np.arange(int(len(mono) * 16000 / sr)) * (sr / 16000)
+                    mono = np.interp(t, np.arange(len(mono)), mono)
+                mel = log_mel_spectrogram(np.ascontiguousarray(mono, np.float32)).numpy()
             except MmshardError:  # undecodable or too short: left out of the section
                 continue
             source = "computed"
