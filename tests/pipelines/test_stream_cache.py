@@ -149,7 +149,7 @@ def test_two_ranks_two_workers_share_a_small_cache(s3, tmp_path):  # noqa: F811
 
 def test_killed_mid_download_then_resumed_exactly(s3, tmp_path):  # noqa: F811
     local = tmp_path / "ds"
-    write_dataset(local, shards=6, per_shard=4, pad=1_500_000)
+    write_dataset(local, shards=4, per_shard=4, pad=1_000_000)
     url = upload(s3, local, "cachekill")
     shard_bytes = (local / "shards" / "train-000000.tar").stat().st_size
     limit = int(shard_bytes * 2.5)

@@ -328,18 +328,19 @@ class ShardCache:
             with open(meta + ".tmp", "w") as f:
                 json.dump(rec, f)
             os.replace(meta + ".tmp", meta)
+            with open(self._p("pins", name), "ab"):
+                pass
+            os.utime(self._p("pins", name))  # a fresh shard is the most recently used
+            self._verified.add(url)
+            # counted before the file appears: whoever reads it next reports the download
+            self._journal("fetch", url)
+            self._count(downloads=1, bytes_downloaded=n, download_s=time.perf_counter() - t0)
             os.replace(tmp, final)  # the data last: a record without data is not trusted
         except OSError as e:
             raise ShardError(f"cannot download {url} into the cache: {e}") from e
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        with open(self._p("pins", name), "ab"):
-            pass
-        os.utime(self._p("pins", name))  # a fresh shard is the most recently used
-        self._verified.add(url)
-        self._journal("fetch", url)
-        self._count(downloads=1, bytes_downloaded=n, download_s=time.perf_counter() - t0)
 
     # -- eviction ------------------------------------------------------------------------
     def _evict(self, need: int, keep: str) -> None:
