@@ -111,16 +111,21 @@ class OutputLock:
                 os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
         elif not self.storage.local:
-            with contextlib.suppress(OSError, JobError):
-                if (read_lease(self.storage) or {}).get("token") == self.token:
-                    self.storage.remove(LOCK_FILE)
+            try:  # best effort (also at exit, when the store may be gone): a lock left
+                if (read_lease(self.storage) or {}).get("token") == self.token:  # behind
+                    self.storage.remove(LOCK_FILE)  # is stale once this process is dead
+            except Exception as e:  # any client error (botocore's are not OSErrors)
+                log.warning("could not remove the lock %s: %s", self.storage.path(LOCK_FILE), e)
 
 
 def read_lease(storage: Storage) -> dict[str, Any] | None:
     """The lock file's holder record, or None when there is none (or it is unreadable)."""
     try:
         raw = storage.read_bytes(LOCK_FILE)
-    except (OSError, JobError):
+    except FileNotFoundError:
+        return None
+    except (OSError, JobError) as e:
+        log.debug("cannot read the lock of %s: %s", storage.root, e)
         return None
     try:
         doc = json.loads(raw or b"null")
