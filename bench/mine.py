@@ -14,8 +14,16 @@ copies of corpus items; a query's positive is the corpus item with its key):
 Every method runs in its own subprocess (wall time, peak RSS of that process tree).
 Negative-set overlap is |A & B| / k per query, averaged, against ``torch_bruteforce``.
 
-    python bench/mine.py            # 100,000 x 384 corpus, 10,000 queries, k=16
-    python bench/mine.py --quick    # 20,000 x 384, 2,000 queries
+    python bench/mine.py            # both sets below, k=16
+    python bench/mine.py --quick    # 20,000 x 384 synthetic, 2,000 queries; real 20,000 x 784
+    python bench/mine.py --set real
+
+Sets (``--set``): ``synthetic`` (100,000 x 384 clustered random vectors, 10,000 queries)
+and ``real``: the 60,000 x 784 pixel vectors of Fashion-MNIST's training images (Debian
+package ``dataset-fashion-mnist``, downloaded once with ``apt-get download`` into
+bench/data/fmnist; pixels / 255, L2-normalised), 6,000 queries = seeded corpus items
+(their positive is themselves).  Real vectors have near-duplicates and ties, so the
+overlap columns say how identical the sets are.
 
 Results: a table on stdout and bench/results/mine.json.
 """
@@ -55,6 +63,40 @@ def make_data(d: str, n: int, nq: int, dim: int, seed: int) -> None:
     keys = [f"c{i:07d}" for i in range(n)]
     Path(d, "corpus.keys.txt").write_text("\n".join(keys) + "\n")
     Path(d, "queries.keys.txt").write_text("\n".join(keys[i] for i in src) + "\n")
+
+
+FMNIST = HERE / "data" / "fmnist"
+
+
+def fashion_mnist() -> np.ndarray:
+    """(60000, 784) uint8: Fashion-MNIST's training images (Debian's package, fetched once)."""
+    import gzip
+    import subprocess
+
+    idx = FMNIST / "x/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+    if not idx.exists():
+        FMNIST.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=FMNIST,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deb = next(FMNIST.glob("dataset-fashion-mnist_*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(FMNIST / "x")], check=True)
+    raw = gzip.decompress(idx.read_bytes())
+    n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows * cols)
+
+
+def make_real_data(d: str, n: int, nq: int, seed: int) -> int:
+    x = fashion_mnist()[:n].astype(np.float32) / 255.0
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    src = np.sort(rng.choice(len(x), nq, replace=False))
+    np.save(os.path.join(d, "corpus.npy"), x)
+    np.save(os.path.join(d, "queries.npy"), x[src])
+    np.save(os.path.join(d, "positive.npy"), src)
+    keys = [f"c{i:07d}" for i in range(len(x))]
+    Path(d, "corpus.keys.txt").write_text("\n".join(keys) + "\n")
+    Path(d, "queries.keys.txt").write_text("\n".join(keys[i] for i in src) + "\n")
+    return x.shape[1]
 
 
 # ------------------------------------------------------------------- workers
@@ -183,9 +225,11 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="20,000 x 384, 2,000 queries")
-    ap.add_argument("--n", type=int, help="corpus size (default 100,000)")
-    ap.add_argument("--queries", type=int, help="queries (default 10,000)")
+    ap.add_argument("--quick", action="store_true",
+                    help="20,000-vector corpora, 2,000 queries")
+    ap.add_argument("--set", choices=("real", "synthetic", "both"), default="both")
+    ap.add_argument("--n", type=int, help="synthetic corpus size (default 100,000)")
+    ap.add_argument("--queries", type=int, help="synthetic queries (default 10,000)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -197,14 +241,29 @@ def main() -> None:
     if a.worker:
         worker(a.worker, a.data, a.k)
         return
-    n = a.n or (20_000 if a.quick else 100_000)
-    nq = a.queries or (2_000 if a.quick else 10_000)
+    sets = {}
+    for name in (("real", "synthetic") if a.set == "both" else (a.set,)):
+        sets[name] = run_set(name, a)
+    first = sets[next(iter(sets))]
+    res = {"bench": "mine", "k": a.k, "quick": a.quick, "machine": machine_info(),
+           "sets": sets, **first}  # the first set also at the top level (older readers)
+    print(f"\nsaved {save_json(a.out, res)}")
+
+
+def run_set(name: str, a: argparse.Namespace) -> dict:
     d = tempfile.mkdtemp(prefix="bench-mine-")
     try:
         t = time.perf_counter()
-        make_data(d, n, nq, a.dim, a.seed)
-        print(f"data: corpus {n} x {a.dim}, {nq} queries, k={a.k} "
-              f"({time.perf_counter() - t:.1f} s to generate)", flush=True)
+        if name == "real":
+            n, nq = (20_000, 2_000) if a.quick else (60_000, 6_000)
+            dim = make_real_data(d, n, nq, a.seed)
+        else:
+            n = a.n or (20_000 if a.quick else 100_000)
+            nq = a.queries or (2_000 if a.quick else 10_000)
+            dim = a.dim
+            make_data(d, n, nq, dim, a.seed)
+        print(f"{name} data: corpus {n} x {dim}, {nq} queries, k={a.k} "
+              f"({time.perf_counter() - t:.1f} s to prepare)", flush=True)
         methods = ["torch_bruteforce", "mmshard_exact", "st_mine_hard_negatives"]
         if not a.skip_approx:
             methods += ["mmshard_ivf_flat", "mmshard_ivf_pq", "mmshard_hnsw"]
@@ -228,7 +287,7 @@ def main() -> None:
                 row["status"] = "ok"
             row["wall_s"], row["peak_rss_mb"] = r["wall_s"], r["peak_rss_mb"]
             rows.append(row)
-            print(f"  {m}: {row['status']} {row['wall_s']:.1f} s", flush=True)
+            print(f"  {name} {m}: {row['status']} {row['wall_s']:.1f} s", flush=True)
         base = os.path.join(d, "torch_bruteforce.npy")
         raw = os.path.join(d, "exact_raw.npy")
         for row in rows:
@@ -240,13 +299,22 @@ def main() -> None:
                 row["recall_at_k"] = round(overlap(ids, np.load(raw), a.k), 4)
             else:
                 row["neg_overlap_vs_bruteforce"] = round(overlap(ids, np.load(base), a.k), 4)
+        by = {r["method"]: r for r in rows if r.get("status") == "ok"}
+        summary = {}
+        if "mmshard_exact" in by and "st_mine_hard_negatives" in by:
+            summary["ratio_st_wall_over_mmshard_exact"] = round(
+                by["st_mine_hard_negatives"]["wall_s"] / by["mmshard_exact"]["wall_s"], 2)
+            summary["goal_ratio"] = 3.0
+            st_ids = np.load(os.path.join(d, "st_mine_hard_negatives.npy"))
+            mm_ids = np.load(os.path.join(d, "mmshard_exact.npy"))
+            summary["neg_overlap_mmshard_vs_st"] = round(overlap(mm_ids, st_ids, a.k), 4)
         print()
         print_table(rows, ["method", "status", "wall_s", "inner_wall_s", "peak_rss_mb",
                            "neg_overlap_vs_bruteforce", "build_s", "qps", "recall_at_k"])
-        res = {"bench": "mine", "n": n, "queries": nq, "dim": a.dim, "k": a.k,
-               "quick": a.quick, "machine": machine_info(), "rows": rows,
-               "sentence_transformers": "installed" if has_st else "not installed"}
-        print(f"\nsaved {save_json(a.out, res)}")
+        for k, v in summary.items():
+            print(f"{name} {k}: {v}")
+        return {"n": n, "queries": nq, "dim": dim, "rows": rows, "summary": summary,
+                "sentence_transformers": "installed" if has_st else "not installed"}
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
