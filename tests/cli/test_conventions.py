@@ -178,3 +178,19 @@ def test_clips_over_the_failure_rate_exits_3_after_committing(tmp_path, capsys):
                  "--preset", "ultrafast", *LOCAL]) == 3
     assert "max_failure_rate" in _err(capsys)
     assert os.path.exists(tmp_path / "c" / "ledger.parquet")  # committed first
+
+
+def test_tokenize_config_yaml_in_both_forms_is_one_job(photos, tmp_path, capsys):
+    whole = tmp_path / "whole.yaml"
+    whole.write_text("field_sets:\n  mel: {n_mels: 128}\nbatch_size: 2\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("mel: {n_mels: 128}\n")
+    assert main(["tokenize", str(photos), "--config", str(whole), *LOCAL]) == 0
+    idx = json.loads((photos / "mel" / "index.json").read_text())
+    assert idx["config"]["options"] == {"n_mels": 128}
+    # the plain mapping names the same field set and options: a rerun resumes (batch size
+    # does not change the bytes), and a flag overrides the file
+    assert main(["tokenize", str(photos), "--config", str(plain), *LOCAL]) == 0
+    assert main(["tokenize", str(photos), "--config", str(plain), "--option", "mel.n_mels=80",
+                 *LOCAL]) == 2
+    assert "other options" in _err(capsys)
