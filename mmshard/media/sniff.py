@@ -96,10 +96,11 @@ def sniff_field(head: bytes) -> str | None:
 
 def sniff_file(path: str) -> str | None:
     """``sniff_field`` of a local file or fsspec URL's first bytes (None if unreadable)."""
+    from ..errors import DataError
     from ..storage import open_input
 
     try:
         with open_input(path) as f:
             return sniff_field(f.read(SNIFF_BYTES))
-    except OSError:
+    except (OSError, DataError):  # DataError: not a regular file
         return None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._registry import config_from_dict, config_to_dict
-from ...errors import ConfigError, JobError
+from ...errors import ConfigError, DataError, JobError
 from ...media.audio import AudioOptions
 from ...media.image import ImageOptions
 from ...media.video import VideoOptions
@@ -155,7 +155,7 @@ def _hash_chunk(items: tuple[InputItem, ...]) -> list[tuple[str, str | None]]:
                         one.update(chunk)
                 h.update(fld.encode() + b"\0" + one.digest())
             out.append((it.key, h.hexdigest()))
-        except OSError:
+        except (OSError, DataError):  # DataError: swapped for a FIFO etc. since planning
             out.append((it.key, None))  # the shard task reports why, as a ledger row
     return out
 

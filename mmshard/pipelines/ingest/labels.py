@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ...errors import DataError
 from .sources import InputItem
 
 __all__ = ["LABELS_FILE", "LabelVocab", "assign_label_ids", "read_cls_sidecars"]
@@ -76,7 +77,7 @@ def _with_sidecar_label(it: InputItem) -> InputItem:
     except UnicodeDecodeError:
         return dataclasses.replace(it, sidecars=rest, error=(
             "bad_sidecar", f"label sidecar {cls_uri} is not UTF-8"))
-    except OSError as e:
+    except (OSError, DataError) as e:  # DataError: not a regular file (swapped since listing)
         return dataclasses.replace(it, sidecars=rest, error=(
             "bad_sidecar", f"cannot read label sidecar {cls_uri}: {e}"))
     if not text:
