@@ -213,7 +213,9 @@ class VideoReader:
     decoder opens lazily; pickling drops it and the copy re-opens on first use.
     ``fast=True`` lets the PyAV decoder skip the in-loop deblocking filter and use
     non-bit-exact shortcuts (about 1.5-2x faster on H.264): for analysis passes only,
-    the pixels differ slightly from the exact decode.
+    the pixels differ slightly from the exact decode.  ``threads=1`` decodes on one
+    thread (PyAV): the same frames on every run even where a damaged stream makes
+    frame-threaded error concealment vary; 0 lets FFmpeg choose.
 
     >>> vr = VideoReader("clip.mp4", backend="pyav")            # doctest: +SKIP
     >>> frames = vr.get_frames([0, 5, 9])  # uint8 [3, H, W, 3] RGB  # doctest: +SKIP
@@ -222,9 +224,10 @@ class VideoReader:
     """
 
     def __init__(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
-                 backend: str = "auto", fast: bool = False) -> None:
+                 backend: str = "auto", fast: bool = False, threads: int = 0) -> None:
         self.requested = _resolve_backend(backend)
         self.fast = fast
+        self.threads = threads
         self._src = _source_of(src)
         self._impl: _Backend | None = None
         self._chosen: str | None = None
@@ -252,8 +255,8 @@ class VideoReader:
     def _open(self) -> _Backend:
         if self._impl is None:
             cls = _BACKEND_CLASSES[self.backend]
-            self._impl = cls(self._src, fast=True) if (
-                self.fast and cls is _PyAVBackend) else cls(self._src)
+            self._impl = cls(self._src, fast=self.fast, threads=self.threads) if (
+                cls is _PyAVBackend) else cls(self._src)
         return self._impl
 
     def close(self) -> None:
@@ -271,7 +274,7 @@ class VideoReader:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"requested": self.requested, "_chosen": self._chosen, "_src": self._src,
-                "fast": self.fast, "_impl": None}
+                "fast": self.fast, "threads": self.threads, "_impl": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -361,6 +364,27 @@ class VideoReader:
         if start < 0:
             raise ConfigError(f"iter_frames start must be >= 0, got {start}")
         return self._stream(start, stop, step, size, gray, analysis and size is not None)
+
+    def iter_decoded(self, start: int, stop: int) -> Iterator[tuple[int, int, Any]]:
+        """``(index, pts, av.VideoFrame)`` for frames ``[start, stop)`` in presentation
+        order, from PyAV (the reader must use backend ``pyav``): ``pts`` is the frame's
+        place in the reader's index, in :attr:`time_base` units, increasing -- use it,
+        not ``frame.pts``, to re-encode (AVI packed B-frames and broken streams carry
+        pts that belong to other frames).  For cutting and re-encoding."""
+        impl = self._open()
+        if not isinstance(impl, _PyAVBackend):
+            raise ConfigError(f"iter_decoded needs backend='pyav', this reader uses "
+                              f"{self.backend!r}")
+        for i, frame in impl._decode_targets(range(start, min(stop, len(impl._pts)))):
+            yield i, int(impl._pts[i] - impl._pts[0]), frame
+
+    @property
+    def time_base(self) -> Any:
+        """The PyAV stream's time base (a Fraction) of :meth:`iter_decoded` pts."""
+        impl = self._open()
+        if not isinstance(impl, _PyAVBackend):
+            raise ConfigError("time_base needs backend='pyav'")
+        return impl._stream.time_base
 
     def _stream(self, start: int, stop: int, step: int, size: tuple[int, int] | None,
                 gray: bool, analysis: bool) -> Iterator[VideoFrame]:
@@ -486,10 +510,13 @@ class _PyAVBackend(_Backend):
     ffmpeg CLI counts, and random access decodes forward from the start."""
 
     def __init__(self, src: str | bytes, fast: bool = False,
-                 facts: dict[str, Any] | None = None) -> None:
+                 facts: dict[str, Any] | None = None, threads: int = 0) -> None:
         self._container, self._stream = _av_open(src)
         st = self._stream
-        st.thread_type = "AUTO"
+        if threads == 1:
+            st.codec_context.thread_count = 1
+        else:
+            st.thread_type = "AUTO"
         if fast:  # applied when the decoder opens (first decode below)
             st.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
         self._decoder: Iterator[Any] | None = None

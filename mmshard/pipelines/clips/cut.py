@@ -1,11 +1,28 @@
-"""Cutting planned clips out of a video: one decoding pass, one libx264 encoder per open
-clip (see :mod:`mmshard.pipelines.clips.job` for why clips are re-encoded)."""
+"""Cutting planned clips out of a video: one decoding pass, one libx264 encoder (plus an
+AAC encoder for the source's audio) per open clip (see :mod:`mmshard.pipelines.clips.job`
+for why clips are re-encoded).
+
+Frames come from :meth:`VideoReader.iter_decoded` (PyAV, the frame-exact index): clip
+frame ``k`` is source frame ``start + k`` whatever the container (AVI with packed
+B-frames, MPEG-PS/TS with a start offset), and its pts is rebased from the index, so the
+muxer always gets increasing timestamps from 0.  Decoding and encoding are
+single-threaded and the scaler's flags fixed, so the same input gives the same bytes.
+
+Audio: the first audio stream is decoded alongside, and each clip gets the samples of
+its own span ``[start_time, end_time)`` (sample-accurate, relative to the first video
+frame), resampled to ``float`` planar and encoded as AAC; ``audio_offset`` in the clip's
+facts is where its first sample sits relative to its first frame (0 unless the source's
+audio starts late).
+"""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from typing import Any
+
+import numpy as np
 
 from ...errors import DataError
 from ...tokenizers.clips import Clip
@@ -14,51 +31,94 @@ from .config import ClipsConfig
 
 __all__ = ["cut_clips"]
 
+ENCODER = "libx264"
+AUDIO_ENCODER = "aac"
+
 
 def _even(x: float) -> int:
     return max(2, int(x) - int(x) % 2)
 
 
 class _ClipEncoder:
-    """One open clip: an MP4 muxer + libx264 encoder writing into memory."""
+    """One open clip: an MP4 muxer + libx264 (+ AAC) encoder writing into memory."""
 
     def __init__(self, clip: Clip, rate: Any, time_base: Any, size: tuple[int, int],
-                 config: ClipsConfig) -> None:
+                 config: ClipsConfig, audio: tuple[int, int] | None) -> None:
         import av
 
         self.clip = clip
         self.buf = io.BytesIO()
-        self.out = av.open(self.buf, "w", format="mp4")
-        st = self.out.add_stream("libx264", rate=rate)
+        # no creation time, no encoder version string: bytes depend on the input only
+        self.out = av.open(self.buf, "w", format="mp4",
+                           options={"fflags": "+bitexact"})
+        st = self.out.add_stream(ENCODER, rate=rate)
         st.width, st.height = size
         st.pix_fmt = "yuv420p"
         st.time_base = time_base
         st.codec_context.time_base = time_base
-        opts = {"crf": str(config.crf), "preset": config.preset, "threads": "1"}
+        opts = {"crf": str(config.crf), "preset": config.preset, "threads": "1",
+                "flags": "+bitexact"}
         if config.gop:
             opts.update(g=str(config.gop), keyint_min=str(min(config.gop, 25)))
         st.options = opts
+        # one x264 thread (frame threads make the bytes depend on timing); PyAV would
+        # otherwise set its own thread count over the "threads" option
+        st.codec_context.thread_count = 1
+        st.codec_context.thread_type = "NONE"
         self.stream = st
         self.size = size
-        self.pts0: int | None = None
         self.frames = 0
-        self.last_pts = 0
+        self.pts0: int | None = None
+        self.samples: list[np.ndarray] = []
+        self.audio = audio  # (sample_rate, channels)
+        self.astream = None
+        if audio is not None:
+            ast = self.out.add_stream(AUDIO_ENCODER, rate=audio[0])
+            ast.layout = "stereo" if audio[1] >= 2 else "mono"
+            ast.options = {"flags": "+bitexact"}
+            self.astream = ast
+        self.out.start_encoding()  # every encoder open before the header is written
 
     def add(self, frame: Any, pts: int) -> None:
         if self.pts0 is None:
             self.pts0 = pts
         w, h = self.size
-        f = frame.reformat(width=w, height=h, format="yuv420p")
+        f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
+
         f.pts = pts - self.pts0
         f.time_base = self.stream.time_base
-        self.last_pts = f.pts
         for p in self.stream.encode(f):
             self.out.mux(p)
         self.frames += 1
 
+    def _encode_audio(self) -> None:
+        import av
+
+        sr, ch = self.audio  # type: ignore[misc]
+        x = (np.concatenate(self.samples, axis=1) if self.samples
+             else np.zeros((ch, 0), np.float32))
+        x = np.ascontiguousarray(x[:2] if ch >= 2 else x[:1], np.float32)
+        n = x.shape[1]
+        step = self.astream.codec_context.frame_size or 1024  # type: ignore[union-attr]
+        for s in range(0, n, step):
+            part = x[:, s:s + step]
+            if part.shape[1] < step:  # the encoder wants full frames but the last
+                part = np.pad(part, ((0, 0), (0, step - part.shape[1])))
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format="fltp",
+                                            layout=self.astream.layout)  # type: ignore
+            af.sample_rate = sr
+            af.pts = s
+            af.time_base = Fraction(1, sr)
+            for p in self.astream.encode(af):  # type: ignore[union-attr]
+                self.out.mux(p)
+        for p in self.astream.encode(None):  # type: ignore[union-attr]
+            self.out.mux(p)
+
     def finish(self) -> bytes:
         for p in self.stream.encode(None):
             self.out.mux(p)
+        if self.astream is not None:
+            self._encode_audio()
         self.out.close()
         return self.buf.getvalue()
 
@@ -69,80 +129,152 @@ class _ClipEncoder:
             pass
 
 
+class _Audio:
+    """The source's first audio stream, decoded forward once and handed out by time."""
+
+    def __init__(self, video: bytes, t0: float) -> None:
+        import av
+
+        self.container = av.open(io.BytesIO(video), "r")
+        self.stream = self.container.streams.audio[0]
+        self.stream.thread_type = "SLICE"
+        self.rate = int(self.stream.codec_context.sample_rate or self.stream.rate)
+        self.channels = min(2, int(self.stream.codec_context.channels or 1))
+        self.t0 = t0  # absolute time of video frame 0
+        self.resampler = av.AudioResampler(format="fltp",
+                                           layout="stereo" if self.channels == 2 else "mono",
+                                           rate=self.rate)
+        self.frames = self.container.decode(self.stream)
+        self.pos: int | None = None  # next sample's index on the video timeline (0 = t0)
+        self.first: int | None = None
+        self.done = False
+
+    def advance_to(self, t_end: float, active: list[_ClipEncoder]) -> None:
+        """Decode until ``t_end`` (video-relative seconds) and give every active clip
+        the samples inside its span."""
+        end = int(round(t_end * self.rate))
+        while not self.done and (self.pos is None or self.pos < end):
+            try:
+                frame = next(self.frames)
+            except (StopIteration, *av_errors()):
+                self.done = True
+                break
+            if self.pos is None:
+                start = (float(frame.pts * self.stream.time_base) - self.t0
+                         if frame.pts is not None else 0.0)
+                self.pos = int(round(start * self.rate))
+                self.first = self.pos
+            for out in self.resampler.resample(frame):
+                x = out.to_ndarray().astype(np.float32, copy=False)
+                self._give(x, active)
+
+    def _give(self, x: np.ndarray, active: list[_ClipEncoder]) -> None:
+        a, b = self.pos, self.pos + x.shape[1]  # type: ignore[operator]
+        for enc in active:
+            c0 = int(round(enc.clip.start_time * self.rate))
+            c1 = int(round(enc.clip.end_time * self.rate))
+            lo, hi = max(a, c0), min(b, c1)
+            if hi > lo:
+                if not enc.samples and lo > c0:
+                    enc.samples.append(np.zeros((x.shape[0], lo - c0), np.float32))
+                enc.samples.append(x[:, lo - a:hi - a])
+        self.pos = b
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _has_audio(video: bytes) -> bool:
+    import av
+
+    try:
+        with av.open(io.BytesIO(video), "r") as c:
+            a = c.streams.audio
+            return bool(a) and a[0].codec_context is not None and bool(
+                a[0].codec_context.sample_rate)
+    except av_errors():
+        return False
+
+
 def cut_clips(video: bytes, clips: Sequence[Clip], config: ClipsConfig | None = None
               ) -> Iterator[tuple[Clip, bytes, dict[str, Any]]]:
     """Cut ``clips`` (frame ranges of ``video``) into MP4s in one decoding pass.
 
     Yields ``(clip, mp4_bytes, facts)`` in clip order as each clip completes; ``facts``
-    holds frames, width, height, fps, duration, codec.  Frames are decoded once, in
-    presentation order, and passed to every open clip that contains them, so memory
-    holds the open encoders only.  Decoding stops after the last clip's last frame.
+    holds frames, width, height, fps, duration, codec, the decoder and encoder names,
+    and ``audio`` (sample rate, channels, offset) when the source has sound.  Frames
+    are decoded once, from the first clip's start, in presentation order, and passed to
+    every open clip that contains them, so memory holds the open encoders only.
     Raises DataError when the video does not decode or ends before a clip does.
 
     >>> for clip, mp4, facts in cut_clips(data, plan):          # doctest: +SKIP
     ...     print(clip.key, facts["frames"], len(mp4))
     """
-    import av
+    from ...media.video_reader import VideoReader
 
     config = config or ClipsConfig()
     order = sorted(clips, key=lambda c: (c.start_frame, c.index))
     if not order:
         return
     need = max(c.end_frame for c in order)
-    errors = av_errors()
-    try:
-        container = av.open(io.BytesIO(video), "r")
-    except errors as e:
-        raise DataError("undecodable_video", f"cannot open as a video container: {e}") from e
+    vr = VideoReader(video, backend="pyav", threads=1)  # bit-exact frames on every run
+    meta = vr.meta
+    if need > meta.num_frames:
+        vr.close()
+        raise DataError("undecodable_video", f"the stream has {meta.num_frames} frames, "
+                        f"before frame {need} (truncated file?)")
+    tb = vr.time_base
+    impl = vr._open()
+    t0 = float(int(impl._pts[0]) * tb)  # type: ignore[attr-defined]
+    decoder = str(impl._stream.codec_context.name)  # type: ignore[attr-defined]
+    rate = Fraction(meta.fps).limit_denominator(100000) if meta.fps > 0 else Fraction(25)
+    scale = 1.0 if not config.max_side else min(1.0, config.max_side / max(meta.width,
+                                                                           meta.height))
+    size = (_even(meta.width * scale), _even(meta.height * scale))
+    audio = _Audio(video, t0) if _has_audio(video) else None
+    a_fmt = (audio.rate, audio.channels) if audio is not None else None
     active: list[_ClipEncoder] = []
     done: dict[int, tuple[Clip, bytes, dict[str, Any]]] = {}
     emit_order = sorted(c.index for c in order)
-    nxt_emit = 0
+    nxt_emit, p = 0, 0
     try:
-        if not container.streams.video:
-            raise DataError("no_video_stream", "the container has no video stream")
-        st = container.streams.video[0]
-        st.thread_type = "AUTO"
-        tb = st.time_base
-        rate = st.average_rate or st.guessed_rate or 25
-        w, h = st.codec_context.width, st.codec_context.height
-        scale = 1.0 if not config.max_side else min(1.0, config.max_side / max(w, h))
-        size = (_even(w * scale), _even(h * scale))
-        p = 0
-        i = -1
-        frames = container.decode(st)
-        while i + 1 < need:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                raise DataError("undecodable_video", f"the stream ends at frame {i + 1}, "
-                                f"before frame {need} (truncated file?)") from None
-            except errors as e:
-                raise DataError("undecodable_video", f"decoding frame {i + 1} failed: {e}"
-                                ) from e
-            i += 1
-            pts = frame.pts if frame.pts is not None else i
+        for i, pts, frame in vr.iter_decoded(order[0].start_frame, need):
             while p < len(order) and order[p].start_frame <= i:
-                active.append(_ClipEncoder(order[p], rate, tb, size, config))
+                active.append(_ClipEncoder(order[p], rate, tb, size, config, a_fmt))
                 p += 1
             still = []
             for enc in active:
-                enc.add(frame, pts)
+                if enc.clip.start_frame <= i < enc.clip.end_frame:
+                    enc.add(frame, pts)
                 if i + 1 >= enc.clip.end_frame:
                     c = enc.clip
-                    data = enc.finish()
-                    done[c.index] = (c, data, {
+                    facts: dict[str, Any] = {
                         "frames": enc.frames, "width": size[0], "height": size[1],
                         "fps": round(float(rate), 6),
-                        "duration": round(c.end_time - c.start_time, 6), "codec": "h264"})
+                        "duration": round(c.end_time - c.start_time, 6), "codec": "h264",
+                        "decoder": f"pyav {decoder}", "encoder": ENCODER}
+                    if audio is not None:
+                        audio.advance_to(c.end_time, active)
+                        first = audio.first if audio.first is not None else 0
+                        c0 = int(round(c.start_time * audio.rate))
+                        facts["audio"] = {
+                            "sample_rate": audio.rate, "channels": audio.channels,
+                            "encoder": AUDIO_ENCODER,
+                            "offset": round(max(0, first - c0) / audio.rate, 6)}
+                    done[c.index] = (c, enc.finish(), facts)
                 else:
                     still.append(enc)
             active = still
             while nxt_emit < len(emit_order) and emit_order[nxt_emit] in done:
                 yield done.pop(emit_order[nxt_emit])
                 nxt_emit += 1
+    except DataError:
+        raise
+    except av_errors() as e:
+        raise DataError("undecodable_video", f"decoding or encoding failed: {e}") from e
     finally:
         for enc in active:
             enc.abort()
-        container.close()
-
+        if audio is not None:
+            audio.close()
+        vr.close()
