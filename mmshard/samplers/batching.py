@@ -289,7 +289,10 @@ def group_batches(groups: np.ndarray, batch_size: int) -> list[np.ndarray]:
             used.add(x)
             m = members[x]
             by_count[len(m)].discard(x)
-            m.popleft()  # a group's samples are always taken front first
+            if m[0] == i:  # usually the group's next sample in stream order
+                m.popleft()
+            else:  # a rotated waiting queue can serve a later member first
+                m.remove(i)
             if m:
                 by_count.setdefault(len(m), set()).add(x)
 

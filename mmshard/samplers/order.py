@@ -13,8 +13,13 @@ Samples are numbered by *global id*: shard ``s`` holds ids
    entries flagged as padding) or cut (``"drop"``) to a multiple of ``world_size``;
 4. partition: rank ``r`` gets the ``r``-th contiguous slice (few shards per rank, so
    reads stay local);
-5. buffered shuffle: a WebDataset-style shuffle buffer over the rank's slice, seeded per
-   ``(seed, epoch, rank)``.
+5. sample shuffle, seeded per ``(seed, epoch, rank)``: a WebDataset-style shuffle buffer
+   over the rank's slice (default), or, with ``shuffle_window=k``, a *block shuffle*: the
+   rank's slice is cut into windows of ``k`` consecutive shards and samples are fully
+   shuffled within each window.  Every shard is then in use only while its window is
+   read (at most ``k`` shards in flight, never one again after its window), which is what
+   a bounded shard cache needs: a shuffle buffer keeps samples of long-read shards waiting
+   and makes the cache fetch them again (:mod:`mmshard.pipelines.stream.cache`).
 
 >>> order = EpochOrder(seed=0, shuffle=False)
 >>> ids, pad = order.rank_order([3, 2], epoch=0, rank=1, world_size=2)
@@ -31,8 +36,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["PAD_POLICIES", "EpochOrder", "buffered_shuffle", "group_partition", "make_rng",
-           "shard_permutation"]
+__all__ = ["PAD_POLICIES", "EpochOrder", "block_shuffle", "buffered_shuffle",
+           "group_partition", "make_rng", "shard_permutation"]
 
 PAD_POLICIES = ("wrap", "drop")
 _MASK64 = (1 << 64) - 1
@@ -89,6 +94,29 @@ def buffered_shuffle(n: int, *, buffer_size: int | None, rng: np.random.Generato
     return out
 
 
+def block_shuffle(shards: np.ndarray, *, window: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``range(len(shards))`` that shuffles within windows of ``window``
+    consecutive shard runs (``shards[i]``: the shard of position ``i``; a run is a maximal
+    stretch of equal values).  Windows keep their order, so a shard's positions all fall
+    in one window (or two, when a run is cut by a rank boundary's padding) and at most
+    ``window`` shards are in use at once.
+
+    >>> p = block_shuffle(np.array([0, 0, 1, 1, 2, 2]), window=2, rng=make_rng(0))
+    >>> sorted(p[:4].tolist()), sorted(p[4:].tolist())
+    ([0, 1, 2, 3], [4, 5])
+    """
+    sh = np.asarray(shards, dtype=np.int64)
+    n = sh.size
+    if window < 1:
+        raise ConfigError(f"shuffle_window must be >= 1 shards, got {window}")
+    if n <= 1:
+        return np.arange(n, dtype=np.int64)
+    run = np.concatenate([[0], np.cumsum(sh[1:] != sh[:-1])])  # run number per position
+    block = run // window
+    key = rng.random(n)
+    return np.lexsort((key, block)).astype(np.int64)
+
+
 def group_partition(groups: np.ndarray, world_size: int) -> list[np.ndarray]:
     """Positions ``0 .. len(groups) - 1`` split into ``world_size`` equal parts so that
     every group is spread evenly: each rank holds at most ``ceil(G / world_size)`` of a
@@ -123,6 +151,9 @@ class EpochOrder:
     ``shuffle=False`` is evaluation order: shards in index order, no sample shuffle;
     with ``pad_policy="wrap"`` every sample is read exactly once across ranks (plus
     flagged padding).  ``shuffle_buffer=None`` shuffles a rank's whole slice.
+    ``shuffle_window=k`` replaces the shuffle buffer by a block shuffle over windows of
+    ``k`` shards (:func:`block_shuffle`; the Loader sizes it from ``cache_limit`` when it
+    reads through a shard cache).
 
     >>> EpochOrder(seed=1, pad_policy="drop").rank_order([5, 1], epoch=0, rank=0,
     ...     world_size=2)[0].size
@@ -133,6 +164,7 @@ class EpochOrder:
     shuffle: bool = True
     shuffle_buffer: int | None = 2000
     pad_policy: str = "wrap"
+    shuffle_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.pad_policy not in PAD_POLICIES:
@@ -141,6 +173,9 @@ class EpochOrder:
             )
         if self.shuffle_buffer is not None and self.shuffle_buffer < 0:
             raise ConfigError(f"shuffle_buffer must be >= 0 or None, got {self.shuffle_buffer}")
+        if self.shuffle_window is not None and self.shuffle_window < 1:
+            raise ConfigError(f"shuffle_window must be >= 1 shards or None (shuffle buffer), "
+                              f"got {self.shuffle_window}")
 
     def global_order(self, counts: Sequence[int], *, epoch: int,
                      salt: Sequence[int] = ()) -> np.ndarray:
@@ -201,7 +236,13 @@ class EpochOrder:
             pos = np.arange(rank * n, (rank + 1) * n)
         ids = padded[pos]
         pad = pad[pos]
-        if self.shuffle:
+        if self.shuffle and self.shuffle_window is not None:
+            starts = np.cumsum(np.asarray(counts, dtype=np.int64))
+            perm = block_shuffle(np.searchsorted(starts, ids, side="right"),
+                                 window=self.shuffle_window,
+                                 rng=make_rng(self.seed, 0xB10C, epoch, rank, *salt))
+            ids, pad = ids[perm], pad[perm]
+        elif self.shuffle:
             perm = buffered_shuffle(n, buffer_size=self.shuffle_buffer,
                                     rng=make_rng(self.seed, 0x0BDE, epoch, rank, *salt))
             ids, pad = ids[perm], pad[perm]

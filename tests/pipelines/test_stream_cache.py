@@ -70,7 +70,7 @@ def run_epoch(src, rank: int, world: int, workers: int, cache: str | None = None
               limit: int | str = "1GB", state: dict | None = None, step_s: float = 0.0,
               log: str | None = None) -> tuple[list[list[str]], Loader]:
     ld = Loader(src, batch_size=2, seed=3, rank=rank, world_size=world, num_workers=workers,
-                shuffle_buffer=4, cache_dir=cache, cache_limit=limit)
+                shuffle_buffer=4, shuffle_window=None, cache_dir=cache, cache_limit=limit)
     if state is not None:
         ld.load_state_dict(state)
     out = []

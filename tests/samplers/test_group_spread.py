@@ -91,3 +91,15 @@ def test_group_partition_is_equal_and_spreads_each_group(groups, world):
     for x in set(g.tolist()) - {-1}:
         size = int(np.count_nonzero(g == x))
         assert max(int(np.count_nonzero(g[p] == x)) for p in parts) <= -(-size // world)
+
+
+def test_rotated_waiting_queue_plans_every_sample():
+    # a stream where the waiting queue serves a group's later sample first (regression:
+    # the planner lost samples and raised an internal error)
+    g = np.array([0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 2, 2, 2, 1, 3, 3, 3, 3,
+                  3, 2, 2, 4, 3, 3, 4, 4, 4, 4, 3, 4, 4, 3, 3, 5, 5, 4, 5, 5, 5, 5, 5, 4, 4,
+                  5, 5, 4, 5, 5])
+    out = group_batches(g, 5)
+    assert len(out) == 11 and all(len(b) == 5 for b in out)
+    assert sorted(np.concatenate(out).tolist()) == list(range(g.size))
+    assert all(len(set(g[b].tolist())) == len(b) for b in out)

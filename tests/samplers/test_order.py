@@ -94,3 +94,53 @@ def test_exclude_removes_consumed_ids():
     ids, pad = EpochOrder(seed=0, shuffle=False).rank_order([4, 4], epoch=0, rank=0,
                                                             world_size=1, exclude=[0, 5, 7])
     assert ids.tolist() == [1, 2, 3, 4, 6]
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=counts_st, world=st.integers(1, 5), window=st.integers(1, 4),
+       epoch=st.integers(0, 3), seed=st.integers(0, 2**40), drop=st.booleans(),
+       keep_seed=st.integers(0, 3))
+def test_block_shuffle_invariants(counts, world, window, epoch, seed, drop, keep_seed):
+    """Window order: equal counts per rank, every kept sample once (wrap) or at most once
+    (drop), a pure function of its inputs, and never more than ``window`` shards in use:
+    once a shard's last sample is read no later sample (padding aside) comes from it."""
+    pol = "drop" if drop else "wrap"
+    keep = make_rng(keep_seed).random(sum(counts)) < 0.8 if keep_seed else None
+    kept = sum(counts) if keep is None else int(keep.sum())
+    if kept == 0 or (drop and kept < world):
+        return
+    order = EpochOrder(seed=seed, shuffle_window=window, pad_policy=pol)
+    per = [order.rank_order(counts, epoch=epoch, rank=r, world_size=world, keep=keep)
+           for r in range(world)]
+    again = order.rank_order(counts, epoch=epoch, rank=world - 1, world_size=world, keep=keep)
+    assert np.array_equal(again[0], per[-1][0]) and np.array_equal(again[1], per[-1][1])
+    assert len({ids.size for ids, _ in per}) == 1
+    real = np.concatenate([ids[~pad] for ids, pad in per]).tolist()
+    want = list(range(sum(counts))) if keep is None else np.flatnonzero(keep).tolist()
+    if drop:
+        assert len(set(real)) == len(real) and set(real) <= set(want)
+    else:
+        assert sorted(real) == want
+    shard_of = np.repeat(np.arange(len(counts)), counts)
+    for ids, pad in per:
+        sh = shard_of[ids[~pad]]
+        last = {int(s): i for i, s in enumerate(sh.tolist())}
+        first = {}
+        for i, s in enumerate(sh.tolist()):
+            first.setdefault(s, i)
+        for i in range(sh.size):  # shards started and not finished at position i
+            assert sum(first[s] <= i <= last[s] for s in first) <= window
+
+
+def test_block_shuffle_mixes_within_window_only():
+    counts = [10] * 6
+    a = EpochOrder(seed=3, shuffle_window=2).rank_order(counts, epoch=0, rank=0, world_size=1)[0]
+    shards = a // 10
+    perm = shard_permutation(6, seed=3, epoch=0)
+    for w in range(3):  # window w holds exactly the samples of shards 2w, 2w + 1 of the order
+        assert set(shards[w * 20:(w + 1) * 20].tolist()) == set(perm[2 * w:2 * w + 2].tolist())
+    assert not np.array_equal(a, np.sort(a))  # samples do move
+    b = EpochOrder(seed=3, shuffle_window=2).rank_order(counts, epoch=1, rank=0, world_size=1)[0]
+    assert not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="shuffle_window"):
+        EpochOrder(seed=0, shuffle_window=0)

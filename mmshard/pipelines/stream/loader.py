@@ -254,7 +254,14 @@ class Loader:
     ``cache_limit``, e.g. ``"20GB"``)
     reads a remote dataset (``s3://...``) through a local shard cache shared by workers
     and ranks, fetching the next shards in plan order (see :mod:`.cache`); cache counters
-    are in ``stats["cache"]``.  Changing ``world_size`` between ``state_dict`` and
+    are in ``stats["cache"]``; ``cache_verify="sha256"`` re-hashes each cached file the
+    first time a process uses it (default ``"stat"``: size, inode and mtime).
+    ``shuffle_window`` (shards): ``"auto"`` (default) keeps the shuffle buffer for local
+    data and, through a cache, shuffles samples within windows of shards that fit a third
+    of ``cache_limit`` (shared by the ``LOCAL_WORLD_SIZE`` ranks of a node and the mixed
+    datasets), so each shard is downloaded once per epoch
+    (:func:`~mmshard.samplers.order.block_shuffle`); an int forces that window, None the
+    shuffle buffer.  Changing ``world_size`` between ``state_dict`` and
     ``load_state_dict`` continues the epoch with no sample lost or repeated (single
     dataset).
     """
@@ -270,7 +277,8 @@ class Loader:
                  label_names: bool = False,
                  on_error: str = "raise", pin_memory: bool | None = None, prefetch: int = 2,
                  device: str | None = None, cache_dir: str | None = None,
-                 cache_limit: int | str = "20GB") -> None:
+                 cache_limit: int | str = "20GB", cache_verify: str = "stat",
+                 shuffle_window: int | str | None = "auto") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -288,8 +296,9 @@ class Loader:
             raise ConfigError("Loader needs at least one dataset")
         self.sources = [resolve_source(s, split=split) for s in srcs]
         if cache_dir is not None:  # remote shards are read from a local cache (stream/cache.py)
-            cfg = CacheConfig(cache_dir=cache_dir, cache_limit=cache_limit)
+            cfg = CacheConfig(cache_dir=cache_dir, cache_limit=cache_limit, verify=cache_verify)
             self.sources = [with_cache(r, s, cfg) for r, s in zip(self.sources, srcs, strict=True)]
+        self.shuffle_window = _shuffle_window(shuffle_window, self.sources)
         mixing = None
         if len(self.sources) > 1 or weights is not None:
             w = tuple(weights) if weights is not None else (1.0,) * len(self.sources)
@@ -315,7 +324,7 @@ class Loader:
         self.planner = EpochPlanner(
             counts=[s.counts for s in self.sources], meta=self.meta,
             order=EpochOrder(seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                             pad_policy=pad_policy),
+                             pad_policy=pad_policy, shuffle_window=self.shuffle_window),
             batching=self.batching, batch_size=batch_size, drop_last=drop_last,
             mixing=mixing, keep=self._keep)
         self._work = _BatchWork(self.sources, self.decode, on_error, self.meta,
@@ -353,7 +362,9 @@ class Loader:
                 "num_samples": [s.num_samples for s in self.sources],
                 "batching": type(self.batching).__name__,
                 "order": [self.planner.order.shuffle, self.planner.order.shuffle_buffer,
-                          self.planner.order.pad_policy, self.planner.drop_last],
+                          self.planner.order.pad_policy, self.planner.drop_last,
+                          *([f"shuffle_window={self.shuffle_window}"]
+                            if self.shuffle_window is not None else [])],
                 **({"filter": filter_fingerprint(self._keep)} if self.filter is not None
                    else {})}
 
@@ -505,6 +516,37 @@ class Loader:
             expected = np.arange(self.meta.num_samples) if keep is None else np.flatnonzero(keep)
         return check_epoch(audit, before=np.concatenate([np.zeros(0, np.int64), *before]),
                            expected=expected)
+
+
+def _shuffle_window(value: int | str | None, sources: Sequence[ResolvedSource]) -> int | None:
+    """Shards per block-shuffle window (None: the shuffle buffer); see the Loader."""
+    import os
+
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is not None and value < 1:
+            raise ConfigError(f"shuffle_window must be >= 1 shards, 'auto' or None, got {value}")
+        return value
+    if value != "auto":
+        raise ConfigError(f"shuffle_window must be an int >= 1, 'auto' or None, got {value!r}")
+    caches = [s.cache for s in sources if s.cache is not None]
+    if not caches:
+        return None  # local data: the shuffle buffer (unchanged default)
+    biggest = 0
+    for s in sources:
+        if s.cache is None:
+            continue
+        for j, u in enumerate(s.urls):  # a shard and its sidecar shards are cached together
+            size = s.cache.expected.get(u, (-1, ""))[0]
+            side = [s.cache.expected.get(v[j], (-1, ""))[0] for v in s.sidecars.values()]
+            if size < 0 or min(side, default=0) < 0:
+                return None  # sizes unknown (a bare shard list): keep the shuffle buffer
+            biggest = max(biggest, size + sum(side))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    share = min(c.limit for c in caches) // (3 * local * len(caches))
+    return max(1, share // max(biggest, 1))
 
 
 def _label_names(src: ResolvedSource) -> list[str] | None:
