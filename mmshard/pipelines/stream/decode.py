@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, DataError, DependencyMissingError
+from ...keys import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
+from ...media.image import register_image_plugins
 from ...media.jpeg import decode_resized
 from ...media.resize import RESIZES, CenterCrop, FixedResize, Resize
 
@@ -61,9 +63,13 @@ __all__ = [
 ]
 
 RESIZE_POLICIES = RESIZES  # the one resize family (mmshard.media.resize)
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif")
-AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac")
-VIDEO_FIELDS = ("mp4", "webm", "mkv", "mov", "avi")
+# every field name ingest writes (mmshard.keys), then the other spellings other tools use;
+# PIL reads the images (HEIC / JPEG XL through mmshard.media.image's plug-ins), soundfile
+# or PyAV the audio, PyAV the video containers
+IMAGE_FIELDS = tuple(dict.fromkeys([*IMAGE_EXTS.values(), *IMAGE_EXTS]))
+AUDIO_FIELDS = tuple(dict.fromkeys([*AUDIO_EXTS.values(), *AUDIO_EXTS]))
+VIDEO_FIELDS = tuple(dict.fromkeys([*VIDEO_EXTS.values(), *VIDEO_EXTS]))
+_PLUGIN_FIELDS = ("heic", "heif", "jxl")
 DTYPES = ("float32", "uint8")
 DECODERS = ("auto", "pil")
 # ``ShortestSideCrop(size=224)``: cover (size, size) or the bucket's (h, w), centre-crop
@@ -325,10 +331,16 @@ def _decode_npy(data: bytes, fld: str) -> Any:
 
 
 def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
-                  size_hint: tuple[int, int] | None = None) -> dict[str, Any]:
+                  size_hint: tuple[int, int] | None = None,
+                  absent: Sequence[str] = ()) -> dict[str, Any]:
     """One raw sample (``{"__key__", "__url__", field: bytes}``) -> decoded fields.
 
     Raises DataError (with shard and key) when a configured field is missing or bad.
+    ``absent``: media (``"image"``, ``"audio"``, ``"video"``) this sample legitimately
+    lacks (its manifest row says so: an audio sample of a mixed dataset); a configured
+    medium it lacks is then left out (C6: ``collate`` fills it in and sets
+    ``__has__<name>``) instead of raising ``missing_field``.  An audio-less sample
+    also skips ``mel``.
 
     >>> decode_sample({"__key__": "k", "__url__": "u", "txt": b"hi", "cls": b"3"},
     ...               DecodeConfig())
@@ -340,22 +352,28 @@ def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
         if cfg.image is not None:
             got = _first(sample, cfg.image.fields)
             if got is None:
-                raise DataError("missing_field", f"no image field among {cfg.image.fields}")
-            out["image"] = _decode_image(got[1], cfg.image, size_hint)
+                _missing("image", cfg.image.fields, absent)
+            else:
+                if got[0] in _PLUGIN_FIELDS:
+                    register_image_plugins()
+                out["image"] = _decode_image(got[1], cfg.image, size_hint)
         if cfg.audio is not None:
             got = _first(sample, cfg.audio.fields)
             if got is None:
-                raise DataError("missing_field", f"no audio field among {cfg.audio.fields}")
-            out["audio"] = _decode_audio(got[1], cfg.audio)
+                _missing("audio", cfg.audio.fields, absent)
+            else:
+                out["audio"] = _decode_audio(got[1], cfg.audio)
         if cfg.mel is not None:
-            if cfg.mel.field not in sample:
+            if cfg.mel.field in sample:
+                out["mel"] = _decode_mel(sample[cfg.mel.field], cfg.mel)
+            elif "audio" not in absent:
                 raise DataError("missing_field", f"no {cfg.mel.field} field (sidecar joined?)")
-            out["mel"] = _decode_mel(sample[cfg.mel.field], cfg.mel)
         if cfg.video is not None:
             got = _first(sample, cfg.video.fields)
             if got is None:
-                raise DataError("missing_field", f"no video field among {cfg.video.fields}")
-            out["video"] = _decode_video(got[1], cfg.video, key)
+                _missing("video", cfg.video.fields, absent)
+            else:
+                out["video"] = _decode_video(got[1], cfg.video, key)
         if cfg.text and "txt" in sample:
             out["txt"] = sample["txt"].decode("utf-8")
         if cfg.label and "cls" in sample:
@@ -375,6 +393,11 @@ def decode_sample(sample: dict[str, Any], cfg: DecodeConfig, *,
     except (UnicodeDecodeError, ValueError) as e:
         raise DataError("corrupt_field", str(e), key=key, shard=url) from e
     return out
+
+
+def _missing(medium: str, fields: Sequence[str], absent: Sequence[str]) -> None:
+    if medium not in absent:
+        raise DataError("missing_field", f"no {medium} field among {', '.join(fields)}")
 
 
 def _stack(tensors: list[Any]) -> Any:

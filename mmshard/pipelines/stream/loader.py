@@ -42,10 +42,12 @@ from .decode import DecodeConfig, collate, decode_sample
 from .filters import filter_fingerprint, keep_mask
 from .plan import EpochPlanner
 from .source import (
+    MEDIA_BITS,
     DatasetSource,
     ResolvedSource,
     ShardListSource,
     ShardReader,
+    media_bits,
     resolve_source,
 )
 
@@ -108,7 +110,7 @@ class _BatchWork:
     def __init__(self, sources: Sequence[ResolvedSource], decode: DecodeConfig,
                  on_error: str, meta: SampleMeta, mixing: bool,
                  labels: Sequence[list[str] | None] | None = None,
-                 expect: Sequence[str] = ()) -> None:
+                 expect: Sequence[str] = (), lacks: np.ndarray | None = None) -> None:
         self.readers = [ShardReader(s) for s in sources]
         self.decode = decode
         self.on_error = on_error
@@ -117,6 +119,7 @@ class _BatchWork:
         self.mixing = mixing
         self.labels = labels
         self.expect = tuple(expect)
+        self.lacks = lacks  # per global id: MEDIA_BITS of media it legitimately lacks
         starts, owner, local = [0], [], []
         for d, s in enumerate(sources):
             for i, c in enumerate(s.counts):
@@ -193,7 +196,8 @@ class _BatchWork:
         try:
             raw = reader.read(self.local[sh], gid - int(self.starts[sh]))
             key = raw["__key__"]
-            dec = decode_sample(raw, self.decode, size_hint=size)
+            absent = () if self.lacks is None else _ABSENT[int(self.lacks[gid])]
+            dec = decode_sample(raw, self.decode, size_hint=size, absent=absent)
             if self.labels is not None and "cls" in dec:
                 names = self.labels[d]
                 if names is None or not 0 <= dec["cls"] < len(names):
@@ -327,9 +331,11 @@ class Loader:
                              pad_policy=pad_policy, shuffle_window=self.shuffle_window),
             batching=self.batching, batch_size=batch_size, drop_last=drop_last,
             mixing=mixing, keep=self._keep)
+        lacks, media_expect = _lacking_media(self.sources, self.decode)
         self._work = _BatchWork(self.sources, self.decode, on_error, self.meta,
-                                mixing is not None, labels=labels,
-                                expect=_optional_outputs(self.sources, self.decode, label_names))
+                                mixing is not None, labels=labels, lacks=lacks,
+                                expect=tuple(sorted({*_optional_outputs(
+                                    self.sources, self.decode, label_names), *media_expect})))
         self._audits: dict[int, EpochAudit] = {}
         self._epoch = 0
         self._done = 0
@@ -516,6 +522,41 @@ class Loader:
             expected = np.arange(self.meta.num_samples) if keep is None else np.flatnonzero(keep)
         return check_epoch(audit, before=np.concatenate([np.zeros(0, np.int64), *before]),
                            expected=expected)
+
+
+_ABSENT = [tuple(m for m, b in MEDIA_BITS.items() if v & b) for v in range(8)]
+
+
+def _lacking_media(sources: Sequence[ResolvedSource], decode: DecodeConfig
+                   ) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Per global id, the media a sample legitimately lacks (its manifest row's fields,
+    else its dataset's index fields; unknown: none, so a missing medium is an error),
+    and the decoded outputs some samples lack (they get ``__has__`` masks, C6)."""
+    parts, known = [], True
+    for s in sources:
+        if s.media is not None:
+            parts.append(np.bitwise_and(np.bitwise_not(s.media), 7).astype(np.uint8))
+        elif s.fields:
+            parts.append(np.full(s.num_samples, 7 & ~media_bits(s.fields), dtype=np.uint8))
+        else:
+            parts.append(np.zeros(s.num_samples, dtype=np.uint8))
+            known = False
+    lacks = np.concatenate(parts)
+    wanted = {"image": decode.image is not None, "audio": decode.audio is not None,
+              "video": decode.video is not None, "mel": decode.mel is not None}
+    expect = []
+    for name, on in wanted.items():
+        if not on:
+            continue
+        bit = MEDIA_BITS["audio" if name == "mel" else name]
+        some = bool((lacks & bit).any())
+        if known and lacks.size and bool((lacks & bit).all()) and name != "mel":
+            names = ", ".join(s.name for s in sources)
+            raise ConfigError(f"{name} decoding is on but no sample of {names} has a {name} "
+                              f"field (per manifest / index.json): drop DecodeConfig({name}=...)")
+        if some:
+            expect.append(name)
+    return (lacks if lacks.any() else None), tuple(expect)
 
 
 def _shuffle_window(value: int | str | None, sources: Sequence[ResolvedSource]) -> int | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -32,13 +32,15 @@ import numpy as np
 
 from ...dataset import open_dataset
 from ...errors import ConfigError, ShardError
-from ...keys import KEY_RE
+from ...keys import KEY_RE, modality_of
 from ...samplers.batching import SampleMeta
 from ...storage import open_input
 from ...tario import index_tar
 
-__all__ = ["DatasetSource", "ResolvedSource", "ShardListSource", "ShardReader", "TarIndex",
-           "resolve_source"]
+__all__ = ["MEDIA_BITS", "DatasetSource", "ResolvedSource", "ShardListSource", "ShardReader",
+           "TarIndex", "media_bits", "resolve_source"]
+
+MEDIA_BITS = {"image": 1, "audio": 2, "video": 4}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,9 @@ class ResolvedSource:
     fields: tuple[str, ...] = ()  # tar fields the samples may hold (() = unknown)
     storage_options: dict | None = None
     cache: Any = None  # a stream.cache.ShardCache: remote shards are read from local copies
+    # per sample (id order), the media it holds per the manifest's ``fields`` column:
+    # bits MEDIA_BITS (image 1, audio 2, video 4); None when the manifest does not say
+    media: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -389,9 +394,10 @@ def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
             raise ShardError(f"sidecar {name!r} lacks shards {missing[:3]}: run its transform")
         _check_provenance(ds, name, side[name], shards)
         sidecars[name] = tuple(ds.shard_url(s, name) for s in shards)
-    meta = _manifest_meta(ds, shards)
+    meta, media = _manifest_meta(ds, shards)
     return ResolvedSource(name=ds.index.name or ds.root, urls=urls, counts=counts,
                           sidecars=sidecars, meta=meta, storage_options=src.storage_options,
+                          media=media,
                           root=ds.root, fields=tuple(sorted({*ds.index.fields, *(
                               f for n in sidecars for f in side[n].fields)})))
 
@@ -429,14 +435,19 @@ def manifest_rows(src: ResolvedSource) -> list[dict[str, Any]]:
     return [by_key[str(k)] for k in keys.tolist()]
 
 
-def _manifest_meta(ds: Any, shards: Sequence[Any]) -> SampleMeta:
+def media_bits(fields: Iterable[str]) -> int:
+    """The MEDIA_BITS of the media among tar field names (``"jpg", "txt"`` -> 1)."""
+    return sum({MEDIA_BITS.get(modality_of(f), 0) for f in fields})
+
+
+def _manifest_meta(ds: Any, shards: Sequence[Any]) -> tuple[SampleMeta, np.ndarray | None]:
     total = sum(s.nsamples for s in shards)
     if not ds.storage.exists("manifest.parquet"):
-        return SampleMeta(num_samples=total)
+        return SampleMeta(num_samples=total), None
     table = ds.read_table("manifest")
     cols = set(table.column_names)
     if not {"key", "shard"} <= cols:
-        return SampleMeta(num_samples=total)
+        return SampleMeta(num_samples=total), None
     data = table.to_pydict()
     where: dict[str, int] = {}
     for i, s in enumerate(shards):
@@ -466,4 +477,10 @@ def _manifest_meta(ds: Any, shards: Sequence[Any]) -> SampleMeta:
     if "width" in cols and "height" in cols:
         width = np.asarray([data["width"][r] or 0 for r in order], dtype=np.int64)
         height = np.asarray([data["height"][r] or 0 for r in order], dtype=np.int64)
-    return SampleMeta(num_samples=total, keys=keys, groups=groups, width=width, height=height)
+    media = None
+    if "fields" in cols:  # "flac,json,txt": what ingest stored for each sample
+        bits: dict[str, int] = {}
+        media = np.asarray([bits.setdefault(str(f or ""), media_bits(str(f or "").split(",")))
+                            for f in (data["fields"][r] for r in order)], dtype=np.uint8)
+    return SampleMeta(num_samples=total, keys=keys, groups=groups, width=width,
+                      height=height), media
