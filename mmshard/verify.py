@@ -150,7 +150,14 @@ def verify_dataset(root: str, *, max_problems: int = 50,
     ignored = sum(r["status"] == "ignored" for r in ledger)  # files that are not inputs
     ledger = [r for r in ledger if r["status"] != "ignored"]
     ok_keys = [r["key"] for r in ledger if r["status"] == "ok"]
-    if Counter(ok_keys) != Counter(r["key"] for r in manifest):
+    if ds.index.config.get("job") == "clips":
+        # a clips dataset's ledger has one row per source video, its manifest one per clip
+        # (key "<source key>_cNNNN"): every clip must come from an ok source video
+        orphans = {r["key"] for r in manifest} - {
+            r["key"] for r in manifest if r["key"].rsplit("_c", 1)[0] in set(ok_keys)}
+        if orphans:
+            bad(f"clips whose source video is not an ok ledger row: {sorted(orphans)[:5]}")
+    elif Counter(ok_keys) != Counter(r["key"] for r in manifest):
         bad("ledger ok rows and manifest rows are not the same keys")
     status = Counter(r["status"] for r in ledger)
     unknown = set(status) - {"ok", "failed", "duplicate"}

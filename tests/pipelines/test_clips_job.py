@@ -102,6 +102,9 @@ def test_fixed_windows_are_frame_accurate_clips(base, tmp_path):
     assert r.stats["clips"] == len(clips) == 12
     assert r.stats["inputs"] == r.stats["ok"] == 4 and r.stats["non_video_samples"] == 1
     assert clips["g0__v0_c0001"]["txt"] == b"video 0" and "txt" not in clips["g0__v2_c0000"]
+    from mmshard.verify import verify_dataset
+
+    assert verify_dataset(str(tmp_path / "c")) == []  # a ledger of source videos is fine
 
 
 def test_clips_keep_the_source_split_and_group(base, tmp_path):

@@ -25,7 +25,7 @@ in the wild) or needs an edit list that many loaders ignore, so clip boundaries 
 not be the planned frames; re-encoding is frame accurate, normalises every clip to
 H.264/yuv420p with the source's timestamps (VFR kept), and with one encoder thread the
 output bytes depend only on the input, the settings and the libx264/FFmpeg build.
-Audio is not carried into clips.
+Each clip carries the source's first audio stream cut to its span (AAC; see cut.py).
 
 Memory does not grow with a video's length: frames are decoded in order and handed to
 the encoders of the clips that contain them (at most ``ceil(window/stride)`` open at
@@ -112,7 +112,7 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
     kf_index = None
     if kf_fs and ds.storage.exists(f"{kf_fs}/index.json"):
         kf_index = hashlib.sha256(ds.storage.read_bytes(f"{kf_fs}/index.json")).hexdigest()
-    job = {"config": config.to_dict(), "dataset": ds.root,
+    job = {"job": "clips", "config": config.to_dict(), "dataset": ds.root,
            "base_index": hashlib.sha256(ds.storage.read_bytes("index.json")).hexdigest(),
            "keyframes_index": kf_index}
     job["fingerprint"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
