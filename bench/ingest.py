@@ -320,7 +320,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--setup", action="store_true",
                     help="create the img2dataset venv and the corpora, then stop")
     ap.add_argument("--out", type=Path, help="JSON path (default bench/results/ingest.json)")
+    ap.add_argument("--item-threads-ab", action="store_true",
+                    help="only an A/B of the per-task item threads (1 vs 2, local executor, "
+                         "2 workers, the real set, 1,000-sample shards), interleaved")
     args = ap.parse_args(argv)
+    if args.item_threads_ab:
+        item_threads_ab(args.n_real or 3000)
+        return
     exe = None if args.skip_img2dataset else ensure_img2dataset()
     sets: dict[str, Any] = {}
     for name in (("real", "synthetic") if args.set == "both" else (args.set,)):
@@ -350,6 +356,38 @@ def main(argv: list[str] | None = None) -> None:
                     "runs": first["runs"], "disk": first["disk"], "summary": first["summary"],
                     "notes": NOTES})
     print(f"saved {out}")
+
+
+def item_threads_ab(n: int, reps: int = 2) -> None:
+    """In-process A/B: a shard task building its inputs on 1 thread vs 2 (the default
+    on 2 CPUs), 3 tasks on 2 workers; prints wall, images/s and CPU per run."""
+    from mmshard.media.image import ImageOptions
+    from mmshard.pipelines.executor import LocalExecutor
+    from mmshard.pipelines.ingest.job import IngestConfig, ingest
+
+    src, files, _ = real_corpus(n)
+    warm(files)
+    cfg = IngestConfig(max_samples=1000, image=ImageOptions(
+        resize="shortest", size=256, format="jpg", quality=95))
+    cpu_count = os.cpu_count
+    rows = []
+    try:
+        for _ in range(reps):
+            for threads in (1, 2):
+                os.cpu_count = lambda t=threads: t  # the task's default item threads
+                out = WORK / "threads-ab"
+                shutil.rmtree(out, ignore_errors=True)
+                c0, t0 = os.times(), time.perf_counter()
+                ingest([str(src)], str(out), cfg, executor=LocalExecutor(workers=2))
+                wall, c1 = time.perf_counter() - t0, os.times()
+                rows.append({"item_threads": threads, "wall_s": round(wall, 2),
+                             "images_s": round(n / wall, 1),
+                             "cpu_s": round(c1.user + c1.system - c0.user - c0.system, 1)})
+                print(rows[-1], flush=True)
+    finally:
+        os.cpu_count = cpu_count
+    save_json(BENCH / "results" / "ingest_threads_ab.json",
+              {"machine": machine_info(), "images": n, "rows": rows})
 
 
 NOTES = {
