@@ -252,4 +252,7 @@ def commit_dataset(storage: Storage, *, name: str, shard_order: list[str],
     stats = t.stats(name, run_stats)
     storage.write_bytes("stats.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n"
                                        ).encode())
+    from .lock import release_output
+
+    release_output(storage)  # committed: the job is over, the folder is free again
     return stats

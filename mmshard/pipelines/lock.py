@@ -45,7 +45,7 @@ from ..errors import JobError
 from ..storage import Storage
 
 __all__ = ["LOCK_FILE", "LeaseLost", "OutputLock", "check_lease", "claim_output",
-           "holder_alive", "lease_token", "read_lease", "start_reaper"]
+           "holder_alive", "lease_token", "read_lease", "release_output", "start_reaper"]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "_work/lock.json"  # job state, not data: --overwrite keeps it (see commit.py)
@@ -107,7 +107,9 @@ class OutputLock:
             if _HELD.get(self.storage.root) is self:
                 del _HELD[self.storage.root]
         if self.fd is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a finished job leaves no holder behind:
+                os.ftruncate(self.fd, 0)        # the next job takes over silently, and a
+            with contextlib.suppress(OSError):  # straggling task's lease check fails
                 os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
         elif not self.storage.local:
@@ -116,6 +118,16 @@ class OutputLock:
                     self.storage.remove(LOCK_FILE)  # is stale once this process is dead
             except Exception as e:  # any client error (botocore's are not OSErrors)
                 log.warning("could not remove the lock %s: %s", self.storage.path(LOCK_FILE), e)
+
+
+def release_output(storage: Storage) -> None:
+    """Release this process's lock on ``storage`` (a job calls it when it is done, also
+    after an error), so another process can run a job there while this one lives on (a
+    notebook, a long-lived service).  A no-op when this process holds no lock there."""
+    with _HELD_GUARD:
+        lock = _HELD.get(storage.root)
+    if lock is not None:
+        lock.release()
 
 
 def read_lease(storage: Storage) -> dict[str, Any] | None:

@@ -155,7 +155,21 @@ def test_second_job_fails_fast_naming_the_holder_and_keeps_its_temporaries(tmp_p
     r = cli(["ingest", str(src), "--out", str(out), "--executor", "local", "--no-progress"])
     assert r.returncode == 0, r.stderr
     assert not (out / "shards" / ".tmp-inflight").exists()  # cleaned, under the lock
-    assert read_lease(Storage(str(out)))["token"] != token
+    assert read_lease(Storage(str(out))) is None  # finished: released, no holder left
+
+
+def test_a_finished_job_frees_the_output_while_its_process_lives_on(tmp_path):
+    # a notebook or service that ran ingest (and tokenize) must not block a later CLI run
+    from mmshard import IngestConfig, ingest, make_executor
+    from mmshard.pipelines.transform import tokenize
+
+    src = tiny_tree(tmp_path / "src", 2)
+    out = tmp_path / "out"
+    ingest([str(src)], str(out), IngestConfig(), executor=make_executor("local"))
+    tokenize(str(out), {"spectral": {}}, executor=make_executor("local"))
+    assert read_lease(Storage(str(out))) is None
+    r = cli(["ingest", str(src), "--out", str(out), "--executor", "local", "--no-progress"])
+    assert r.returncode == 0, r.stderr  # the same job again: resumed, nothing to do
 
 
 def test_two_threads_of_one_process_cannot_share_an_output(tmp_path):

@@ -35,6 +35,7 @@ from ...samplers.splits import SplitSpec, assign_split, validate_split_spec
 from ...storage import Storage, is_url, open_input
 from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from ..executor import Executor, make_executor
+from ..lock import release_output
 from ..result import FailureRateError
 from ..task import PARTS_DIR, run_tasks
 from .download import PERMANENT_REASONS, DownloadOptions
@@ -278,6 +279,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     finally:
         if own_executor:
             executor.close()
+        release_output(storage)  # also after an error: the next run resumes
     result = IngestResult(out=storage.root, stats=stats)
     if result.failure_rate > config.max_failure_rate:
         raise FailureRateError(

@@ -26,6 +26,7 @@ from ...errors import ConfigError, DataError, JobError, ShardError
 from ...storage import Storage
 from ..commit import ParquetSink
 from ..executor import Executor, make_executor
+from ..lock import claim_output, release_output
 from ..result import JobResult
 from ..task import ShardOutput, lost_rows, part_name, run_tasks
 from .fields import FIELD_SETS, build_field_set, decode_medium
@@ -327,38 +328,42 @@ def tokenize(dataset: str, config: TokenizeConfig | Mapping[str, Mapping[str, An
         provenance[name] = fs.provenance
         outputs[name] = fs.outputs
     storage = ds.storage
-    for name in specs:
-        _prepare(storage, name, {"options": dict(specs[name]), "provenance": provenance[name]},
-                 overwrite)
-    own = executor is None
-    executor = executor or make_executor("ray")
-    t0 = time.perf_counter()
+    claim_output(storage, job="tokenize")  # one job per dataset; tasks check the lease
     try:
-        keys = _manifest_keys(ds)
-        tasks = []
-        for sh in ds.index.shards:
-            shard = _shard_name(sh)
-            todo = tuple((n, specs[n]) for n in specs if not _done(storage, n, shard))
-            if todo:
-                tasks.append(TransformTask(root=storage.root, storage_options=storage
-                                           .storage_options, shard=sh, field_sets=todo,
-                                           device=cfg.device, batch_size=batch,
-                                           keys=tuple(keys.get(shard, ()))))
-        n_shards = len(ds.index.shards)
-        for _ in run_tasks(executor, run_transform_task, tasks, on_lost=_write_lost_parts,
-                           progress=progress, desc="tokenize", total=n_shards,
-                           initial=n_shards - len(tasks)):
-            pass
+        for name in specs:
+            _prepare(storage, name, {"options": dict(specs[name]), "provenance": provenance[name]},
+                     overwrite)
+        own = executor is None
+        executor = executor or make_executor("ray")
+        t0 = time.perf_counter()
+        try:
+            keys = _manifest_keys(ds)
+            tasks = []
+            for sh in ds.index.shards:
+                shard = _shard_name(sh)
+                todo = tuple((n, specs[n]) for n in specs if not _done(storage, n, shard))
+                if todo:
+                    tasks.append(TransformTask(root=storage.root, storage_options=storage
+                                               .storage_options, shard=sh, field_sets=todo,
+                                               device=cfg.device, batch_size=batch,
+                                               keys=tuple(keys.get(shard, ()))))
+            n_shards = len(ds.index.shards)
+            for _ in run_tasks(executor, run_transform_task, tasks, on_lost=_write_lost_parts,
+                               progress=progress, desc="tokenize", total=n_shards,
+                               initial=n_shards - len(tasks)):
+                pass
+        finally:
+            if own:
+                executor.close()
+        seconds = round(time.perf_counter() - t0, 3)
+        for n in specs:  # leftovers of a worker killed mid-write (its task was retried)
+            storage.remove_temporaries(n)
+            storage.remove_temporaries(f"{_work(n)}/parts")
+        stats = {n: _commit(ds, n, provenance[n], dict(specs[n]), outputs[n], seconds)
+                 for n in specs}
+        return TransformResult(out=storage.root, stats=stats)
     finally:
-        if own:
-            executor.close()
-    seconds = round(time.perf_counter() - t0, 3)
-    for n in specs:  # leftovers of a worker killed mid-write (its task was retried)
-        storage.remove_temporaries(n)
-        storage.remove_temporaries(f"{_work(n)}/parts")
-    stats = {n: _commit(ds, n, provenance[n], dict(specs[n]), outputs[n], seconds)
-             for n in specs}
-    return TransformResult(out=storage.root, stats=stats)
+        release_output(storage)
 
 
 def _prepare(storage: Storage, name: str, job: dict[str, Any], overwrite: bool) -> None:
