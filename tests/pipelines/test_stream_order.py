@@ -4,13 +4,19 @@ with the same batches for any ``num_workers`` and exact resume."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mmshard.errors import ConfigError
 from mmshard.pipelines.stream.loader import Loader
 from mmshard.pipelines.stream.source import DatasetSource
 from tests.pipelines.test_cluster_s3 import s3  # noqa: F401  (the moto server fixture)
-from tests.pipelines.test_stream_cache import journal, upload, write_dataset
+from tests.pipelines.test_stream_cache import ROOT, journal, upload, write_dataset
 
 
 def _keys(ld: Loader, stop: int | None = None) -> list[list[str]]:
@@ -86,3 +92,55 @@ def test_loader_passes_cache_verify_and_checks_window(s3, tmp_path):  # noqa: F8
     with pytest.raises(ConfigError, match="shuffle_window"):
         Loader(str(local), batch_size=3, seed=0, shuffle_window=0)
     assert Loader(str(local), batch_size=3, seed=0).shuffle_window is None
+
+
+def test_block_order_with_mixing_filter_and_ranks(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_dataset(a, shards=6, per_shard=5)
+    write_dataset(b, shards=3, per_shard=5)
+
+    def run(rank: int, workers: int) -> list[list[str]]:
+        ld = Loader([str(a), str(b)], weights=[0.6, 0.4], batch_size=3, seed=2, rank=rank,
+                    world_size=2, num_workers=workers, shuffle_window=2,
+                    filter=lambda row: not row["key"].endswith("_000"))
+        return _keys(ld)
+
+    per = [run(r, 0) for r in range(2)]
+    assert len(per[0]) == len(per[1]) > 0  # equal batches per rank
+    assert run(1, 2) == per[1]  # same batches with workers
+    keys = [k for p in per for bt in p for k in bt]
+    assert keys and not [k for k in keys if k.endswith("_000")]  # the filter holds
+
+
+def rank_child(url: str, opts_json: str, rank: str, cache: str, limit: str, out: str) -> None:
+    """A rank process (``python -c``) of a 2-rank node sharing one cache."""
+    src = DatasetSource(root=url, split="train", storage_options=json.loads(opts_json))
+    ld = Loader(src, batch_size=4, seed=5, rank=int(rank), world_size=2, num_workers=0,
+                cache_dir=cache, cache_limit=int(limit))
+    Path(out).write_text(json.dumps({"keys": _keys(ld), "window": ld.shuffle_window}))
+
+
+def test_two_ranks_on_a_node_download_each_shard_once(s3, tmp_path):  # noqa: F811
+    local = tmp_path / "ds"
+    write_dataset(local, shards=12, per_shard=6, pad=3000)
+    url = upload(s3, local, "blockranks")
+    limit = sum(p.stat().st_size for p in (local / "shards").iterdir()) // 2
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LOCAL_WORLD_SIZE": "2"}  # as torchrun sets it
+    procs = []
+    for r in (0, 1):
+        args = (url, json.dumps(s3), str(r), str(cache), str(limit), str(tmp_path / f"r{r}"))
+        call = f"from tests.pipelines.test_stream_order import rank_child; rank_child(*{args!r})"
+        procs.append(subprocess.Popen([sys.executable, "-c", call], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out.decode()[-3000:]
+    got = [json.loads((tmp_path / f"r{r}").read_text()) for r in (0, 1)]
+    assert [g["window"] for g in got] == [1, 1]  # the node's cache is shared by 2 ranks
+    want = [_keys(Loader(str(local), batch_size=4, seed=5, rank=r, world_size=2,
+                         shuffle_window=1)) for r in (0, 1)]
+    assert [g["keys"] for g in got] == want
+    fetched = [u for e, u in journal(cache) if e == "fetch"]
+    assert len(fetched) == len(set(fetched)) == 12  # every shard downloaded exactly once
+    assert any(e == "evict" for e, _ in journal(cache))
