@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ _PIL_TO_FIELD = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP
                  "TIFF": "tif", "MPO": "jpg", "AVIF": "avif", "HEIF": "heic",
                  "JPEG2000": "jp2", "JXL": "jxl", "ICO": "ico", "PPM": "ppm"}
 _PLUGINS: list[str] = []  # Pillow plug-ins registered by register_image_plugins()
+_PLUGINS_LOCK = threading.Lock()
 
 
 def register_image_plugins() -> tuple[str, ...]:
@@ -42,21 +44,30 @@ def register_image_plugins() -> tuple[str, ...]:
     Returns the plug-ins that loaded; a missing one means those files fail as
     ``not_an_image`` with a hint in the detail."""
     if not _PLUGINS:
-        _PLUGINS.append("")  # tried
-        try:
-            import pillow_heif
-
-            pillow_heif.register_heif_opener()
-            _PLUGINS.append("pillow_heif")
-        except ImportError:
-            pass
-        try:
-            import pillow_jxl  # noqa: F401  (registers the JXL opener on import)
-
-            _PLUGINS.append("pillow_jxl")
-        except ImportError:
-            pass
+        with _PLUGINS_LOCK:  # a task's threads: none opens an image before this is done
+            if not _PLUGINS:
+                _PLUGINS.extend(["", *_load_plugins()])  # "": tried; filled in one step
     return tuple(x for x in _PLUGINS if x)
+
+
+def _load_plugins() -> list[str]:
+    loaded = []
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        loaded.append("pillow_heif")
+    except ImportError:
+        pass
+    try:
+        import pillow_jxl  # noqa: F401  (registers the JXL opener on import)
+
+        loaded.append("pillow_jxl")
+    except ImportError:
+        pass
+    return loaded
+
+
 _FIELD_TO_PIL = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
