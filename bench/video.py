@@ -1,4 +1,10 @@
-"""Benchmark: mmshard shot-cut detection vs PySceneDetect, and decode speed per backend.
+"""Benchmark: mmshard shot-cut detection vs PySceneDetect (and TransNetV2) on synthetic
+and real footage, backend parity against the ffmpeg CLI, and decode speed per backend.
+
+Real footage: bench/video_real.py (Debian opencv-doc videos: a film trailer in AVI with
+MPEG-4 Part 2 packed B-frames, camera footage; joined MPEG-PS, MPEG-TS, VP9/WebM and
+H.264 files with hard cuts and two dissolves; truth in bench/truth/video_real.json,
+tolerance +/-2 frames).
 
 Generates synthetic videos with known hard cuts and one dissolve each (moving textures,
 noise, gradients, shapes, pans), then in one run:
@@ -37,10 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _video_media import write_shots  # noqa: E402
+from _video_media import (  # noqa: E402
+    FFMPEG_FIXTURES,
+    ffmpeg_encoders,
+    ffmpeg_reference,
+    parity,
+    write_ffmpeg_fixture,
+    write_shots,
+)
 
 from mmshard.media.video_reader import available_backends, open_video  # noqa: E402
 from mmshard.tokenizers.keyframes import KeyframeDetector, KeyframesConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import video_real  # noqa: E402
 
 KINDS = ["texture", "noise", "gradient", "shapes", "pan"]
 SMOOTH = ["texture", "noise", "gradient", "pan"]  # kinds that dissolve smoothly
@@ -72,11 +88,11 @@ def make_videos(folder: Path, count: int, frames: int, w: int, h: int, seed: int
     return out
 
 
-def score(pred: list[int], truth: dict) -> tuple[int, int, int]:
+def score(pred: list[int], truth: dict, tol: int = 1) -> tuple[int, int, int]:
     """(true positives, false positives, false negatives) for one video."""
-    targets = [(c - 1, c + 1) for c in truth["cuts"]]
-    if truth["dissolve"]:
-        a, b = truth["dissolve"]
+    targets = [(c - tol, c + tol) for c in truth["cuts"]]
+    spans = truth.get("dissolves") or ([truth["dissolve"]] if truth.get("dissolve") else [])
+    for a, b in spans:
         targets.append((a - 2, b + 2))
     used = [False] * len(targets)
     tp = 0
@@ -98,6 +114,10 @@ def prf(tp: int, fp: int, fn: int) -> dict:
 
 def run_mmshard(videos: list[dict], cfg: KeyframesConfig) -> tuple[list[list[int]], float]:
     det = KeyframeDetector(cfg)
+    if cfg.method == "transnetv2":  # load the network outside the timed loop
+        from mmshard.tokenizers.transnet import load_transnet
+
+        det._net = load_transnet(cfg.device)
     preds, t0 = [], time.perf_counter()
     for v in videos:
         kf, _ = det.detect(v["path"])
@@ -107,11 +127,12 @@ def run_mmshard(videos: list[dict], cfg: KeyframesConfig) -> tuple[list[list[int
 
 SD_SCRIPT = """
 import json, sys, time
-from scenedetect import ContentDetector, detect
+from scenedetect import AdaptiveDetector, ContentDetector, detect
 paths = json.loads(sys.argv[1])
+make = {"content": ContentDetector, "adaptive": AdaptiveDetector}[sys.argv[2]]
 preds, t0 = [], time.perf_counter()
 for p in paths:
-    scenes = detect(p, ContentDetector())
+    scenes = detect(p, make())
     preds.append([s[0].get_frames() for s in scenes[1:]])
 secs = time.perf_counter() - t0
 import scenedetect
@@ -119,7 +140,7 @@ print(json.dumps({"preds": preds, "seconds": secs, "version": scenedetect.__vers
 """
 
 
-def run_scenedetect(videos: list[dict], python: Path | None
+def run_scenedetect(videos: list[dict], python: Path | None, which: str = "content"
                     ) -> tuple[list[list[int]], float, str] | None:
     """PySceneDetect's ContentDetector (default settings) on the same files.
 
@@ -136,10 +157,91 @@ def run_scenedetect(videos: list[dict], python: Path | None
         exe = sys.executable
     if exe is None:
         return None
-    res = subprocess.run([exe, "-c", SD_SCRIPT, json.dumps([str(v["path"]) for v in videos])],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run([exe, "-c", SD_SCRIPT, json.dumps([str(v["path"]) for v in videos]),
+                          which], capture_output=True, text=True, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     return out["preds"], out["seconds"], out["version"]
+
+
+MODES = {
+    "mmshard content+gradual (default)": KeyframesConfig(),
+    "mmshard content (no gradual)": KeyframesConfig(gradual=False),
+    "mmshard content+gradual+flow": KeyframesConfig(use_flow=True),
+    "mmshard content+gradual, opencv": KeyframesConfig(backend="opencv"),
+}
+PARITY_BACKENDS = ["auto", "decord", "torchcodec", "pyav", "opencv"]
+
+
+def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[dict]:
+    """Every detector on ``videos``: P/R/F1, tp/fp/fn and frames/s (same run)."""
+    total = sum(v["num_frames"] for v in videos)
+    rows: list[tuple[str, list[list[int]] | None, float | None]] = []
+    modes = dict(MODES)
+    if args.transnet:
+        modes["mmshard transnetv2 (cpu)" if args.device == "cpu" else "mmshard transnetv2"] = \
+            KeyframesConfig(method="transnetv2", device=args.device)
+    for name, cfg in modes.items():
+        try:
+            rows.append((name, *run_mmshard(videos, cfg)))
+        except Exception as e:  # noqa: BLE001 - a mode that cannot run is reported
+            print(f"{name}: {e}")
+            rows.append((name, None, None))
+    for which in ("content", "adaptive"):
+        sd = run_scenedetect(videos, args.scenedetect_python, which)
+        rows.append((f"PySceneDetect {which.capitalize()}Detector",
+                     *(sd[:2] if sd else (None, None))))
+    out = []
+    for name, preds, secs in rows:
+        if preds is None:
+            out.append({"method": name, "status": "not installed"})
+            continue
+        tp = fp = fn = 0
+        for p, v in zip(preds, videos):
+            a, b, c = score(p, v, tol)
+            tp, fp, fn = tp + a, fp + b, fn + c
+        out.append({"method": name, "status": "ok", **prf(tp, fp, fn), "tp": tp, "fp": fp,
+                    "fn": fn, "frames_per_s": round(total / secs, 1)})
+    return out
+
+
+def print_detection(title: str, rows: list[dict]) -> None:
+    sd = next((r for r in rows if r["method"].startswith("PySceneDetect Content")
+               and r["status"] == "ok"), None)
+    print(f"\n{title + ' shot-cut method':40} {'P':>6} {'R':>6} {'F1':>6} {'frames/s':>9} "
+          f"{'vs SD':>6}")
+    for d in rows:
+        if d["status"] != "ok":
+            print(f"{d['method']:40} not installed")
+            continue
+        ratio = d["frames_per_s"] / sd["frames_per_s"] if sd else float("nan")
+        print(f"{d['method']:40} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
+              f"{d['frames_per_s']:9.1f} {ratio:5.2f}x")
+
+
+def parity_table(tmp: Path, real: list[dict]) -> list[dict]:
+    """Max mean |diff| vs the ffmpeg CLI's frames per backend per file (random access
+    + one sequential pass); 'refused' where the backend declines the file."""
+    from mmshard.media.video_reader import available_backends
+
+    have = set(available_backends()) | {"auto"}
+    enc = ffmpeg_encoders()
+    files = [(n, write_ffmpeg_fixture(tmp, n)) for n, (_, _, e) in FFMPEG_FIXTURES.items()
+             if e in enc]
+    files += [(r["name"], r["path"]) for r in real if "/src/" in str(r["path"])]
+    rows = []
+    for name, path in files:
+        ref = ffmpeg_reference(path)
+        row = {"file": name, "frames": len(ref)}
+        for b in PARITY_BACKENDS:
+            if b not in have:
+                row[b] = "n/a"
+                continue
+            r = parity(path, b, ref)
+            row[b] = ("refused" if r["status"] == "refused" else
+                      f"{r['max_mad']:.3f}" if r["status"] == "exact" else
+                      f"WRONG {r.get('max_mad', float('nan')):.1f}")
+        rows.append(row)
+    return rows
 
 
 def bench_decode(videos: list[dict], sparse_n: int, seed: int) -> list[dict]:
@@ -180,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="python of a venv with scenedetect-headless (made by: python -m venv "
                          "--system-site-packages bench/.venv-scenedetect && "
                          "bench/.venv-scenedetect/bin/pip install scenedetect-headless)")
+    ap.add_argument("--real-dir", default=str(Path(__file__).parent / "data" / "real"))
+    ap.add_argument("--transnet", action="store_true",
+                    help="add TransNetV2 (mmshard[video-ml]); slow on CPU")
+    ap.add_argument("--device", default="auto", help="TransNetV2 device: auto | cpu | cuda")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "video.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -191,34 +297,20 @@ def main(argv: list[str] | None = None) -> dict:
                              args.seed)
         gen_s = time.perf_counter() - t0
         total = sum(v["num_frames"] for v in videos)
-        methods = {
-            "mmshard hist (adaptive)": KeyframesConfig(),
-            "mmshard hist + gradual": KeyframesConfig(gradual=True),
-            "mmshard hist + gradual + flow": KeyframesConfig(gradual=True, use_flow=True),
-            "mmshard hist + gradual, opencv": KeyframesConfig(gradual=True, backend="opencv"),
-        }
-        det_rows = []
-        for name, cfg in methods.items():
-            preds, secs = run_mmshard(videos, cfg)
-            det_rows.append((name, preds, secs))
-        sd = run_scenedetect(videos, args.scenedetect_python)
-        sd_version = sd[2] if sd else None
-        det_rows.append(("PySceneDetect ContentDetector", *(sd[:2] if sd else (None, None))))
-        detection = []
-        for name, preds, secs in det_rows:
-            if preds is None:
-                detection.append({"method": name, "status": "not installed"})
-                continue
-            tp = fp = fn = 0
-            for p, v in zip(preds, videos):
-                a, b, c = score(p, v)
-                tp, fp, fn = tp + a, fp + b, fn + c
-            detection.append({"method": name, "status": "ok", **prf(tp, fp, fn),
-                              "tp": tp, "fp": fp, "fn": fn,
-                              "frames_per_s": round(total / secs, 1)})
+        detection = detect_all(videos, args, tol=1)
+        real = video_real.build(Path(args.real_dir))
+        real_detection = detect_all(real, args, tol=2)
+        parity_rows = parity_table(Path(tmp), real)
         decode = bench_decode(videos, 16, args.seed)
 
     result = {
+        "real": {"videos": [{k: (str(v) if k == "path" else v) for k, v in r.items()}
+                            for r in real],
+                 "frames": sum(r["num_frames"] for r in real),
+                 "hard_cuts": sum(len(r["cuts"]) for r in real),
+                 "dissolves": sum(len(r["dissolves"]) for r in real),
+                 "detection": real_detection},
+        "parity": parity_rows,
         "config": {"videos": args.videos, "frames_per_video": args.frames,
                    "size": [args.width, args.height], "seed": args.seed,
                    "quick": args.quick},
@@ -227,7 +319,6 @@ def main(argv: list[str] | None = None) -> dict:
                          "dissolves": sum(1 for v in videos if v["dissolve"])},
         "generate_s": round(gen_s, 2),
         "detection": detection,
-        "scenedetect_version": sd_version,
         "decode": decode,
         "machine": {"python": platform.python_version(), "cpu": platform.processor()
                     or platform.machine()},
@@ -235,13 +326,15 @@ def main(argv: list[str] | None = None) -> dict:
     gt = result["ground_truth"]
     print(f"{args.videos} videos, {gt['frames']} frames at {args.width}x{args.height}, "
           f"{gt['hard_cuts']} hard cuts + {gt['dissolves']} dissolves")
-    print(f"\n{'shot-cut method':34} {'P':>6} {'R':>6} {'F1':>6} {'frames/s':>9}")
-    for d in detection:
-        if d["status"] != "ok":
-            print(f"{d['method']:34} {'not installed (pip install scenedetect-headless)':>30}")
-        else:
-            print(f"{d['method']:34} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
-                  f"{d['frames_per_s']:9.1f}")
+    print_detection("synthetic", detection)
+    rr = result["real"]
+    print(f"\nreal footage: {len(real)} videos, {rr['frames']} frames, {rr['hard_cuts']} hard "
+          f"cuts + {rr['dissolves']} dissolves (tolerance +/-2)")
+    print_detection("real", real_detection)
+    print(f"\n{'parity vs ffmpeg CLI (max mean|diff|)':40} " + " ".join(
+        f"{b:>12}" for b in PARITY_BACKENDS))
+    for row in parity_rows:
+        print(f"{row['file']:40} " + " ".join(f"{row[b]:>12}" for b in PARITY_BACKENDS))
     print(f"\n{'decode backend':16} {'full frames/s':>14} {'sparse(16) frames/s':>20}")
     for r in decode:
         print(f"{r['backend']:16} {r['full_fps']:14.1f} {r['sparse_fps']:20.1f}")

@@ -64,7 +64,9 @@ __all__ = [
 
 BACKENDS = ("auto", "decord", "torchcodec", "pyav", "opencv")
 _IMPORT_NAME = {"decord": "decord", "torchcodec": "torchcodec", "pyav": "av", "opencv": "cv2"}
-_AUTO_ORDER = ("decord", "pyav", "torchcodec", "opencv")
+# torchcodec first (fastest sequential and random access in bench/video.py), then PyAV
+# (exact everywhere); decord only where both are missing
+_AUTO_ORDER = ("torchcodec", "pyav", "decord", "opencv")
 
 # Where each backend was frame-exact in the parity harness (container family, codec);
 # "*" matches any.  A backend refuses a file outside its entries (decord and OpenCV
@@ -254,10 +256,29 @@ class VideoReader:
     # -- lifecycle -------------------------------------------------------------------
     def _open(self) -> _Backend:
         if self._impl is None:
-            cls = _BACKEND_CLASSES[self.backend]
-            self._impl = cls(self._src, fast=self.fast, threads=self.threads) if (
-                cls is _PyAVBackend) else cls(self._src)
+            while True:
+                cls = _BACKEND_CLASSES[self.backend]
+                try:
+                    self._impl = cls(self._src, fast=self.fast, threads=self.threads) if (
+                        cls is _PyAVBackend) else cls(self._src)
+                    break
+                except DataError as e:
+                    # auto: a backend that refuses this file on open (frame counts that
+                    # disagree, invalid times) hands over to the next one that accepts it
+                    nxt = self._next_backend() if (
+                        self.requested == "auto" and e.reason == "backend_unsupported") else None
+                    if nxt is None:
+                        raise
+                    self._chosen = nxt
         return self._impl
+
+    def _next_backend(self) -> str | None:
+        family, codec = _probe_format(self._src)
+        order = available_backends()
+        for b in order[order.index(self.backend) + 1:]:
+            if backend_refusal(b, family, codec) is None:
+                return b
+        return None
 
     def close(self) -> None:
         """Release the decoder (the reader re-opens if used again)."""
@@ -401,10 +422,11 @@ def open_video(src: str | os.PathLike[str] | bytes | BinaryIO, backend: str = "a
                ) -> VideoReader:
     """Open a video from a path, bytes or binary file with the named backend.
 
-    ``backend``: ``auto`` (the first of decord, PyAV, torchcodec, OpenCV that is
-    frame-exact on the file's container and codec) | ``decord`` | ``torchcodec`` |
-    ``pyav`` | ``opencv``.  Decoding problems raise :class:`~mmshard.errors.DataError`;
-    a named backend that is not frame-exact on the file raises ``backend_unsupported``.
+    ``backend``: ``auto`` (the first of torchcodec, PyAV, decord, OpenCV that is
+    frame-exact on the file's container and codec and accepts it on open) | ``decord`` |
+    ``torchcodec`` | ``pyav`` | ``opencv``.  Decoding problems raise
+    :class:`~mmshard.errors.DataError`; a named backend that is not frame-exact on the
+    file raises ``backend_unsupported``.
 
     >>> with open_video(open("clip.mp4", "rb"), backend="pyav") as vr:   # doctest: +SKIP
     ...     first = vr.get_frames([0])[0]

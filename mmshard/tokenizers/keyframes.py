@@ -345,7 +345,7 @@ class KeyframeDetector:
                     flow, motion = self._flow(prev[1], grey, fl_wh)
                 thr = self._threshold(recent)
                 recent.append(score)
-                if score > c.min_score or chi > c.hist_threshold:
+                if score > thr or chi > c.hist_threshold:  # a cut-like change
                     last_jump = t
                 palette = chi > c.hist_threshold  # the whole palette changed: a cut
                 if (palette or score > thr) and t - scenes[-1].start >= c.min_scene_len and (

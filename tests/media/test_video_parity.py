@@ -81,7 +81,7 @@ def test_auto_picks_a_backend_that_the_harness_passed(fixtures, name):
     vr = VideoReader(path)
     assert vr.requested == "auto"
     assert backend_refusal(vr.backend, family, codec) is None
-    # decord (fastest) where it is exact, never on AVI MPEG-4 / MPEG-PS / MPEG-TS
+    # never decord on AVI MPEG-4 / MPEG-PS / MPEG-TS, where it returns other frames
     if family in ("avi", "mpeg-ps", "mpeg-ts") and codec != "mjpeg":
         assert vr.backend != "decord"
 

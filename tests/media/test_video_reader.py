@@ -41,7 +41,8 @@ def vfr(tmp_path_factory, vfr_times) -> Path:
 
 
 def test_all_three_backends_are_available_here():
-    assert set(BACKENDS) >= {"decord", "pyav", "opencv"} and BACKENDS[:2] == ["decord", "pyav"]
+    assert set(BACKENDS) >= {"decord", "pyav", "opencv"} and BACKENDS[:2] == ["torchcodec",
+                                                                              "pyav"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
