@@ -10,6 +10,12 @@ same STFT/filter parameters followed by whisper's log/clamp/scale.
 
     python bench/audio.py            # 50 clips, 80 and 128 bins
     python bench/audio.py --quick    # 8 clips
+    python bench/audio.py --set real # 150 real 16 kHz speech clips
+
+``--set real``: the 150 longest voice prompts of Debian's
+``asterisk-core-sounds-en-g722`` (real recorded speech, G.722 = 16 kHz wideband),
+downloaded once with ``apt-get download`` into bench/data/speech and decoded by the
+ffmpeg CLI to float32 mono 16 kHz.
 
 Writes bench/results/audio.json.
 """
@@ -58,6 +64,29 @@ def librosa_log_mel(x: np.ndarray, n_mels: int) -> np.ndarray:
     return (log_spec + 4.0) / 4.0
 
 
+SPEECH = Path(__file__).resolve().parent / "data" / "speech"
+
+
+def real_clips(n: int) -> list[np.ndarray]:
+    """The ``n`` longest real speech prompts (asterisk-core-sounds-en-g722) as float32."""
+    import subprocess
+
+    if not any(SPEECH.glob("x/**/*.g722")):
+        SPEECH.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "asterisk-core-sounds-en-g722"], cwd=SPEECH,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deb = next(SPEECH.glob("asterisk-core-sounds-en-g722_*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(SPEECH / "x")], check=True)
+    files = sorted(SPEECH.glob("x/**/*.g722"), key=lambda p: (-p.stat().st_size, str(p)))[:n]
+    out = []
+    for f in files:
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-f", "g722", "-i", str(f), "-ar",
+                              str(SR), "-ac", "1", "-f", "f32le", "-"], check=True,
+                             capture_output=True).stdout
+        out.append(np.frombuffer(raw, np.float32).copy())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -68,6 +97,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=5, help="timed passes; the fastest is kept")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", choices=("synthetic", "real"), default="synthetic",
+                    help="real: 150 real speech clips (--clips ignored; 20 with --quick)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "audio.json")
     args = ap.parse_args()
 
@@ -83,10 +114,14 @@ def main() -> None:
         threadpool_limits(1)
     except ImportError:  # pragma: no cover
         pass
-    n_clips = 8 if args.quick else args.clips
-    rng = np.random.default_rng(args.seed)
-    lengths = rng.uniform(args.min_seconds, args.max_seconds, size=n_clips)
-    clips = [make_clip(rng, float(s)) for s in lengths]
+    if args.set == "real":
+        clips = real_clips(20 if args.quick else 150)
+        n_clips = len(clips)
+    else:
+        n_clips = 8 if args.quick else args.clips
+        rng = np.random.default_rng(args.seed)
+        lengths = rng.uniform(args.min_seconds, args.max_seconds, size=n_clips)
+        clips = [make_clip(rng, float(s)) for s in lengths]
     tensors = [torch.from_numpy(c) for c in clips]
     audio_s = sum(len(c) for c in clips) / SR
 
@@ -136,7 +171,7 @@ def main() -> None:
               f"{speed:>20.2f}{r['max_abs_diff_vs_whisper']:>22.2e}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "bench": "audio_log_mel",
+        "bench": "audio_log_mel", "set": args.set,
         "clips": n_clips, "audio_seconds": audio_s, "threads": 1, "repeats": args.repeats,
         "seed": args.seed, "quick": args.quick,
         "versions": {
