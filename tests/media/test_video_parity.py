@@ -93,3 +93,30 @@ def test_every_time_field_is_finite_and_inside_the_duration(fixtures, name):
         ts, m = vr.timestamps(), vr.meta
     assert np.all(np.isfinite(ts)) and ts[0] == 0.0 and np.all(np.diff(ts) > 0)
     assert ts[-1] < m.duration == pytest.approx(len(ref) / 25, rel=0.05)
+
+
+def test_loader_video_decode_and_frames_field_return_the_right_frames_on_avi(fixtures):
+    import json
+
+    import cv2
+
+    from mmshard.pipelines.stream.decode import VideoDecode, _decode_video
+    from mmshard.pipelines.transform.video_fields import FramesExtractor
+
+    path, ref = fixtures["avi_mpeg4_bframes"]
+    data = path.read_bytes()
+    h, w = ref.shape[1:3]
+    got = _decode_video(data, VideoDecode(num_frames=8, size=(h, w)), None)
+    got = got.permute(0, 2, 3, 1).numpy().astype(np.int16)
+    want = np.linspace(0, len(ref) - 1, 8).round().astype(int)
+    for g, i in zip(got, want):
+        near = [np.abs(g - ref[j]).mean() for j in range(len(ref))]
+        assert int(np.argmin(near)) == i
+    out = FramesExtractor.from_options({"sampler": "uniform", "num_frames": 4}).compute(data)
+    doc = json.loads(out["frames.json"])
+    for name, i in zip(doc["files"], doc["indices"]):
+        img = cv2.cvtColor(cv2.imdecode(np.frombuffer(out[name], np.uint8), cv2.IMREAD_COLOR),
+                           cv2.COLOR_BGR2RGB).astype(np.int16)
+        small = [np.abs(img - cv2.resize(ref[j], img.shape[1::-1])).mean()
+                 for j in range(len(ref))]
+        assert int(np.argmin(small)) == i
