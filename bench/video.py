@@ -184,16 +184,15 @@ def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[d
         try:
             rows.append((name, *run_mmshard(videos, cfg)))
         except Exception as e:  # noqa: BLE001 - a mode that cannot run is reported
-            print(f"{name}: {e}")
-            rows.append((name, None, None))
+            rows.append((name, f"error: {str(e)[:60]}", None))
     for which in ("content", "adaptive"):
         sd = run_scenedetect(videos, args.scenedetect_python, which)
         rows.append((f"PySceneDetect {which.capitalize()}Detector",
                      *(sd[:2] if sd else (None, None))))
     out = []
     for name, preds, secs in rows:
-        if preds is None:
-            out.append({"method": name, "status": "not installed"})
+        if preds is None or isinstance(preds, str):
+            out.append({"method": name, "status": preds or "not installed"})
             continue
         tp = fp = fn = 0
         for p, v in zip(preds, videos):
@@ -211,7 +210,7 @@ def print_detection(title: str, rows: list[dict]) -> None:
           f"{'vs SD':>6}")
     for d in rows:
         if d["status"] != "ok":
-            print(f"{d['method']:40} not installed")
+            print(f"{d['method']:40} {d['status']}")
             continue
         ratio = d["frames_per_s"] / sd["frames_per_s"] if sd else float("nan")
         print(f"{d['method']:40} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
