@@ -124,7 +124,7 @@ def _epoch(dl, t0: float, result: str) -> None:
 
 
 def read_mmshard(url: str, cache: str, limit: int, workers: int, result: str,
-                 endpoint: str, buffer: int) -> None:
+                 endpoint: str, buffer: int, window: str = "auto") -> None:
     import mmshard
     from mmshard.pipelines.stream.decode import DecodeConfig, FixedResize, ImageDecode
     from mmshard.pipelines.stream.source import DatasetSource
@@ -134,7 +134,9 @@ def read_mmshard(url: str, cache: str, limit: int, workers: int, result: str,
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
     ld = mmshard.Loader(DatasetSource(root=url, storage_options=opts), batch_size=64, seed=0,
                         rank=0, world_size=1, num_workers=workers, cache_dir=cache,
-                        shuffle_buffer=buffer,
+                        shuffle_buffer=buffer, shuffle_window=(
+                            None if window == "none" else window if window == "auto"
+                            else int(window)),
                         cache_limit=limit, decode=DecodeConfig(image=ImageDecode(
                             resize=FixedResize(size=(64, 64)), dtype="uint8")))
     _epoch(ld, t0, result)
@@ -209,6 +211,11 @@ def main() -> None:
     ap.add_argument("--mm-buffer", type=int, default=None,
                     help="mmshard shuffle_buffer (default: the samples of a quarter of the "
                          "cache)")
+    ap.add_argument("--mm-window", default="auto",
+                    help="mmshard shuffle_window: auto (block shuffle sized from the cache), "
+                         "an int (shards), or none (the sliding shuffle buffer)")
+    ap.add_argument("--json", default="remote_loader.json",
+                    help="results file under bench/results (a partial rerun: another name)")
     ap.add_argument("--tools", default="mmshard,litdata,mosaic")
     args = ap.parse_args()
     if args.setup:
@@ -250,14 +257,14 @@ def main() -> None:
           f"{limit / 2**20:.1f} MiB")
     print_table(rows, ["tool", "rc", "samples", "samples_s", "first_batch_s", "wall_s",
                        "peak_cache_mb", "cache_limit_mb"])
-    ok = {r["tool"]: r for r in rows if r.get("rc") == 0}
+    ok = {r["tool"].split(" (")[0]: r for r in rows if r.get("rc") == 0}
     summary = {}
     if "mmshard" in ok:
         for peer in ("litdata", "mosaic"):
             if peer in ok:
                 summary[f"ratio_mmshard_over_{peer}"] = round(
                     ok["mmshard"]["samples_s"] / ok[peer]["samples_s"], 2)
-    path = save_json(BENCH / "results" / "remote_loader.json", {
+    path = save_json(BENCH / "results" / args.json, {
         "machine": machine_info(), "args": vars(args), "data_bytes": data_bytes,
         "runs": rows, "summary": summary})
     print(summary)
@@ -297,7 +304,13 @@ def run_tools(args, src: Path, fs, endpoint: str, env: dict, limit: int) -> list
         if tool == "mmshard":  # a shuffle window of what fits in a quarter of the cache
             cmd.append(str(args.mm_buffer if args.mm_buffer is not None else
                            max(64, limit // 4 // max(1, du(src) // args.n))))
+            cmd.append(args.mm_window)
         rows.append({"tool": tool, **timed_read(cmd, cache, result, env)})
+        if tool == "mmshard" and (cache / "journal.log").exists():  # shard downloads
+            lines = (cache / "journal.log").read_text().splitlines()
+            rows[-1]["fetches"] = sum(1 for ln in lines if ln.split()[2:3] == ["fetch"])
+            rows[-1]["shards"] = len(fs.glob(f"{BUCKET}/mmshard/**/*.tar"))
+            rows[-1]["tool"] = f"mmshard (shuffle_window={args.mm_window})"
     return rows
 
 
@@ -308,7 +321,8 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--read":
         tool, url, cache_dir, lim, nw, res, ep = sys.argv[2:9]
         if tool == "mmshard":
-            read_mmshard(url, cache_dir, int(lim), int(nw), res, ep, int(sys.argv[9]))
+            read_mmshard(url, cache_dir, int(lim), int(nw), res, ep, int(sys.argv[9]),
+                         sys.argv[10] if len(sys.argv) > 10 else "auto")
         else:
             read_peer(tool, url, cache_dir, int(lim), int(nw), res, ep)
     else:
