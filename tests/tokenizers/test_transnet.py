@@ -39,6 +39,6 @@ def test_weights_that_need_pickled_code_are_refused(tmp_path):
     from mmshard.tokenizers.transnet import load_transnet
 
     bad = tmp_path / "w.pth"
-    bad.write_bytes(pickle.dumps({"layer": _Evil()}))
+    bad.write_bytes(pickle.dumps({"layer": _Evil()}, protocol=2))
     with pytest.raises(ConfigError, match="weights_only"):
         load_transnet("cpu", weights=str(bad))
