@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -129,3 +130,29 @@ def test_a_sample_that_should_have_its_medium_and_does_not_is_an_error(media_set
     assert b["__pad__"].sum() == 1 and "img0" not in [
         k for k, p in zip(b["__key__"], b["__pad__"].tolist(), strict=True) if not p]
 
+
+
+def test_loader_decodes_plugin_image_formats_in_a_fresh_process(tmp_path):
+    from mmshard.media.image import register_image_plugins
+
+    if {"pillow_heif", "pillow_jxl"} - set(register_image_plugins()):
+        pytest.skip("needs pillow-heif and pillow-jxl-plugin")
+    src = tmp_path / "src"
+    src.mkdir()
+    im = synth.photo_like(32, 24, seed=3)
+    for ext, fmt in (("heic", "HEIF"), ("jxl", "JXL"), ("avif", "AVIF"), ("jp2", "JPEG2000")):
+        im.save(src / f"p_{ext}.{ext}", format=fmt)
+    ingest([str(src)], str(tmp_path / "ds"), IngestConfig(),
+           executor=make_executor("local", workers=1))
+    code = ("import sys; from mmshard.pipelines.stream.loader import Loader; "
+            "from mmshard.pipelines.stream.decode import DecodeConfig, ImageDecode, FixedResize; "
+            f"ld = Loader({str(tmp_path / 'ds')!r}, batch_size=4, seed=0, shuffle=False, "
+            "decode=DecodeConfig(image=ImageDecode(resize=FixedResize(size=(8, 8))))); "
+            "b = next(iter(ld)); "
+            "print(sorted(b['__key__']), tuple(b['image'].shape), "
+            "bool((b['image'].flatten(1).std(1) > 0).all()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == ("['p_avif', 'p_heic', 'p_jp2', 'p_jxl'] "
+                                         "(4, 3, 8, 8) True")
