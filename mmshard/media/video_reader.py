@@ -522,6 +522,39 @@ class _Backend:
         raise NotImplementedError
 
 
+class _BatchedBackend(_Backend):
+    """A backend with exact random access by frame index (decord, torchcodec): sorted
+    gets and streaming both read batches of ``_CHUNK`` frames through ``_frames``."""
+
+    name = "backend"
+    _ts: np.ndarray
+
+    def _frames(self, idx: list[int]) -> np.ndarray:  # [N, H, W, 3] uint8
+        raise NotImplementedError
+
+    def timestamps(self) -> np.ndarray:
+        return self._ts
+
+    def _batch(self, idx: np.ndarray) -> np.ndarray:
+        try:
+            return self._frames(idx.tolist())
+        except Exception as e:
+            raise DataError("undecodable_video", f"{self.name} failed on frames "
+                            f"{idx[:4].tolist()}...: {e}") from e
+
+    def get_sorted(self, idx: np.ndarray) -> np.ndarray:
+        return self._batch(idx)
+
+    def iter_frames(self, start, stop, step, size, gray):
+        targets = range(start, stop, step)
+        for c in range(0, len(targets), _CHUNK):
+            chunk = np.asarray(targets[c:c + _CHUNK], np.int64)
+            batch = self._batch(chunk)
+            for i, img in zip(chunk.tolist(), batch):
+                yield VideoFrame(i, float(self._ts[i]), _finish(img, size, gray))
+            del batch
+
+
 class _PyAVBackend(_Backend):
     """Reference backend: demux once for pts and keyframes, seek + decode forward.
 
@@ -798,8 +831,10 @@ def _codec_name(src: str | bytes) -> str:
     return _probe_format(src)[1]
 
 
-class _DecordBackend(_Backend):
+class _DecordBackend(_BatchedBackend):
     """decord: ``get_batch`` random access; streamed in batches of 32 frames."""
+
+    name = "decord"
 
     def __init__(self, src: str | bytes) -> None:
         import decord
@@ -824,27 +859,8 @@ class _DecordBackend(_Backend):
         self.meta = dict(fps=fps, num_frames=n, duration=duration, width=first.shape[1],
                          height=first.shape[0], codec=codec, is_vfr=is_vfr)
 
-    def timestamps(self) -> np.ndarray:
-        return self._ts
-
-    def _batch(self, idx: np.ndarray) -> np.ndarray:
-        try:
-            return self._vr.get_batch(idx.tolist()).asnumpy()
-        except Exception as e:
-            raise DataError("undecodable_video", f"decord failed on frames "
-                            f"{idx[:4].tolist()}...: {e}") from e
-
-    def get_sorted(self, idx: np.ndarray) -> np.ndarray:
-        return self._batch(idx)
-
-    def iter_frames(self, start, stop, step, size, gray):
-        targets = range(start, stop, step)
-        for c in range(0, len(targets), _CHUNK):
-            chunk = np.asarray(targets[c:c + _CHUNK], np.int64)
-            batch = self._batch(chunk)
-            for i, img in zip(chunk.tolist(), batch):
-                yield VideoFrame(i, float(self._ts[i]), _finish(img, size, gray))
-            del batch
+    def _frames(self, idx: list[int]) -> np.ndarray:
+        return self._vr.get_batch(idx).asnumpy()
 
     def close(self) -> None:
         self._vr = None
@@ -937,8 +953,10 @@ class _OpenCVBackend(_Backend):
             self._tmp = None
 
 
-class _TorchCodecBackend(_Backend):
+class _TorchCodecBackend(_BatchedBackend):
     """torchcodec ``VideoDecoder`` (exact seek mode: one scan on open), NHWC uint8."""
+
+    name = "torchcodec"
 
     def __init__(self, src: str | bytes) -> None:
         from torchcodec.decoders import VideoDecoder
@@ -969,27 +987,8 @@ class _TorchCodecBackend(_Backend):
         self.meta = dict(fps=fps, num_frames=n, duration=duration, width=w, height=h,
                          codec=codec, is_vfr=is_vfr)
 
-    def timestamps(self) -> np.ndarray:
-        return self._ts
-
-    def _batch(self, idx: np.ndarray) -> np.ndarray:
-        try:
-            return self._dec.get_frames_at(idx.tolist()).data.numpy()
-        except Exception as e:
-            raise DataError("undecodable_video", f"torchcodec failed on frames "
-                            f"{idx[:4].tolist()}...: {e}") from e
-
-    def get_sorted(self, idx: np.ndarray) -> np.ndarray:
-        return self._batch(idx)
-
-    def iter_frames(self, start, stop, step, size, gray):
-        targets = range(start, stop, step)
-        for c in range(0, len(targets), _CHUNK):
-            chunk = np.asarray(targets[c:c + _CHUNK], np.int64)
-            batch = self._batch(chunk)
-            for i, img in zip(chunk.tolist(), batch):
-                yield VideoFrame(i, float(self._ts[i]), _finish(img, size, gray))
-            del batch
+    def _frames(self, idx: list[int]) -> np.ndarray:
+        return self._dec.get_frames_at(idx).data.numpy()
 
     def close(self) -> None:
         self._dec = None
