@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import JobError
 
-__all__ = ["FailureRateError", "JobResult"]
+__all__ = ["FailureRateError", "JobResult", "check_failure_rate"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,20 @@ class FailureRateError(JobError):
     def __init__(self, message: str, result: JobResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+def check_failure_rate(result: JobResult, max_rate: float, ledger: str, *,
+                       unit: str = "inputs") -> None:
+    """Raise FailureRateError (after the commit: ``result`` is kept in it) when the job's
+    failure rate is above ``max_rate``; the message names the counts, the reasons and
+    the ``ledger`` to read.
+
+    >>> check_failure_rate(JobResult(out="ds", stats={"failure_rate": 0.1}), 0.5, "l")
+    """
+    if result.failure_rate <= max_rate:
+        return
+    st = result.stats
+    raise FailureRateError(
+        f"{st['failed']} of {st['inputs']} {unit} failed "
+        f"({result.failure_rate:.1%} > max_failure_rate {max_rate:.1%}); "
+        f"reasons: {st['failures_by_reason']}; see {ledger}", result)

@@ -52,6 +52,7 @@ from ...errors import ConfigError, JobError, ShardError
 from ...storage import Storage
 from ..commit import DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from ..executor import Executor, make_executor
+from ..result import check_failure_rate
 from ..task import PARTS_DIR, part_name, run_tasks
 from .config import ClipsConfig
 from .cut import cut_clips
@@ -157,12 +158,6 @@ def extract_clips(dataset: str, out: str, config: ClipsConfig | None = None, *,
     stats = commit_dataset(storage, name=name, shard_order=[n for n, _ in shards],
                            extra_ledger=[], config=job, run_stats=run_stats)
     result = ClipsResult(out=storage.root, stats=stats)
-    if result.failure_rate > config.max_failure_rate:
-        from ..ingest.job import FailureRateError
-
-        raise FailureRateError(
-            f"{stats['failed']} of {stats['inputs']} videos failed "
-            f"({result.failure_rate:.1%} > max_failure_rate {config.max_failure_rate:.1%}); "
-            f"reasons: {stats['failures_by_reason']}; see {storage.path('ledger.parquet')}",
-            result)  # type: ignore[arg-type]
+    check_failure_rate(result, config.max_failure_rate, storage.path("ledger.parquet"),
+                       unit="videos")
     return result

@@ -36,7 +36,7 @@ from ...storage import Storage, is_url, open_input
 from ..commit import JOB_FILE, DatasetResult, commit_dataset, prepare_output, remove_temporaries
 from ..executor import Executor, make_executor
 from ..lock import release_output
-from ..result import FailureRateError
+from ..result import FailureRateError, check_failure_rate
 from ..task import PARTS_DIR, run_tasks
 from .download import PERMANENT_REASONS, DownloadOptions
 from .labels import assign_label_ids
@@ -281,12 +281,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
             executor.close()
         release_output(storage)  # also after an error: the next run resumes
     result = IngestResult(out=storage.root, stats=stats)
-    if result.failure_rate > config.max_failure_rate:
-        raise FailureRateError(
-            f"{stats['failed']} of {stats['inputs']} inputs failed "
-            f"({result.failure_rate:.1%} > max_failure_rate {config.max_failure_rate:.1%}); "
-            f"reasons: {stats['failures_by_reason']}; see {storage.path('ledger.parquet')}",
-            result)
+    check_failure_rate(result, config.max_failure_rate, storage.path("ledger.parquet"))
     return result
 
 
