@@ -24,30 +24,28 @@ from ..errors import ConfigError
 T = TypeVar("T")
 
 
+def _int_at_least(text: str, lo: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+    return v
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (argparse turns the error into exit 2 naming the flag).
 
     >>> positive_int("3")
     3
     """
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
-    return v
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an int >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0)
 
 
 def add_config_arg(p: argparse.ArgumentParser, what: str) -> None:
