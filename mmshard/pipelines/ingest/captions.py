@@ -37,7 +37,7 @@ from ...keys import MAX_KEY_LEN, hash_key
 if TYPE_CHECKING:  # sources.py imports this module
     from .sources import InputItem
 
-__all__ = ["REPEATED_PATHS", "resolve_repeated"]
+__all__ = ["REPEATED_PATHS", "merged_sample", "repeated_error", "resolve_repeated", "row_sample"]
 
 REPEATED_PATHS = ("error", "rows", "group")
 
@@ -60,9 +60,7 @@ def resolve_repeated(items: Sequence[InputItem], mode: str, key_scheme: str, src
     if not repeated:
         return list(items)
     if mode == "rows":  # the ledger's source names the row: one ledger row per input
-        return [dataclasses.replace(it, key=_row_key(it, i, key_scheme),
-                                    source=f"{it.source}#row{i}")
-                for i, it in enumerate(items)]
+        return [row_sample(it, i, key_scheme) for i, it in enumerate(items)]
     if mode == "group":
         out, done = [], set()
         for i, it in enumerate(items):
@@ -73,14 +71,32 @@ def resolve_repeated(items: Sequence[InputItem], mode: str, key_scheme: str, src
             if len(ix) == 1:
                 out.append(it)
                 continue
-            caps = [items[j].caption for j in ix if items[j].caption is not None]
-            meta = {**it.meta, "captions": caps, "rows": ix}
-            out.append(dataclasses.replace(it, caption=caps[0] if caps else None, meta=meta))
+            out.append(merged_sample(it, [items[j].caption for j in ix], ix))
         return out
-    shown = "; ".join(f"{m[0][1]} (rows {', '.join(map(str, ix[:4]))})"
-                      for m, ix in list(repeated.items())[:3])
-    raise SourceError(
-        f"manifest {src!r}: {len(repeated)} media path(s) appear in several rows: {shown}. "
+    raise repeated_error(src, len(repeated), list(repeated.items())[:3])
+
+
+def repeated_error(src: str, count: int, first: list[tuple[tuple, list[int]]]
+                   ) -> SourceError:
+    """The refusal of ``count`` repeated media paths; ``first``: the first three
+    ``(media, rows)`` in order of their first row."""
+    shown = "; ".join(f"{m[0][1]} (rows {', '.join(map(str, ix[:4]))})" for m, ix in first[:3])
+    return SourceError(
+        f"manifest {src!r}: {count} media path(s) appear in several rows: {shown}. "
         "For one sample per medium with all its captions pass --group-captions; for one "
         "sample per row (keys <path>_row<N>) pass --sample-per-row; or give a --key-column "
         "with unique values")
+
+
+def row_sample(it: InputItem, i: int, key_scheme: str) -> InputItem:
+    """Row ``i`` of a ``rows``-mode manifest as its own sample (key and source name it)."""
+    return dataclasses.replace(it, key=_row_key(it, i, key_scheme), source=f"{it.source}#row{i}")
+
+
+def merged_sample(first: InputItem, captions: list[str | None], rows: list[int]
+                  ) -> InputItem:
+    """The one ``group``-mode sample of the rows ``rows`` naming the media of ``first``
+    (the first of them), with the captions of all of them in row order."""
+    caps = [c for c in captions if c is not None]
+    meta = {**first.meta, "captions": caps, "rows": rows}
+    return dataclasses.replace(first, caption=caps[0] if caps else None, meta=meta)

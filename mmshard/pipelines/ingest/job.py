@@ -20,9 +20,10 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +40,20 @@ from ..lock import release_output
 from ..result import FailureRateError, check_failure_rate
 from ..task import PARTS_DIR, run_tasks
 from .download import PERMANENT_REASONS, DownloadOptions
-from .labels import assign_label_ids
 from .layout import layout_of
-from .sources import InputItem, SourceOptions, collect_inputs
-from .task import MediaOptions, ShardResult, ShardTask, run_shard_task, write_lost_part
+from .plan import BATCH_ROWS, RUN_ROWS, PlannedShard, StreamedPlan, cut_shards, plan_inputs
+from .sources import InputItem, SourceOptions
+from .task import (
+    MediaOptions,
+    ShardResult,
+    ShardTask,
+    run_shard_task,
+    write_items,
+    write_lost_part,
+)
 
-__all__ = ["FailureRateError", "IngestConfig", "IngestResult", "ingest", "plan_shards"]
+__all__ = ["FailureRateError", "IngestConfig", "IngestResult", "PlanOptions", "PlannedShard",
+           "ingest", "plan_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -110,35 +119,17 @@ IngestResult = DatasetResult  # what a finished job returns: out folder + stats.
 
 
 
-@dataclass(frozen=True)
-class PlannedShard:
-    name: str
-    split: str
-    items: tuple[InputItem, ...]
-
-
 def plan_shards(items: Sequence[InputItem], config: IngestConfig) -> list[PlannedShard]:
     """Assign splits by group hash and cut each split into shards of one layout each
-    (the field set its samples will have, see layout.py), in key order within a layout."""
+    (the field set its samples will have, see layout.py), in key order within a layout.
+    (In memory; :func:`.plan.plan_inputs` gives the same shards in bounded memory.)"""
     by_split: dict[str, list[InputItem]] = {name: [] for name, _ in config.splits}
     for it in items:
         by_split[assign_split(it.group or it.key, config.splits, config.split_seed)].append(it)
-    shards = []
-    for split, its in by_split.items():
-        cur: list[InputItem] = []
-        cur_bytes = 0
-        n = 0
-        laid = sorted(((layout_of(it, config.image, config.audio), it.key), it) for it in its)
-        for i, ((lay, _), it) in enumerate(laid):
-            if cur and (len(cur) >= config.max_samples or lay != laid[i - 1][0][0] or (
-                    config.max_bytes is not None and cur_bytes + it.size > config.max_bytes)):
-                shards.append(PlannedShard(f"{split}-{n:06d}", split, tuple(cur)))
-                n, cur, cur_bytes = n + 1, [], 0
-            cur.append(it)
-            cur_bytes += it.size
-        if cur:
-            shards.append(PlannedShard(f"{split}-{n:06d}", split, tuple(cur)))
-    return shards
+    laid = ((split, lay, it) for split, its in by_split.items()
+            for (lay, _), it in sorted(((layout_of(it, config.image, config.audio), it.key), it)
+                                       for it in its))
+    return list(cut_shards(laid, config.max_samples, config.max_bytes))
 
 
 def _hash_chunk(items: tuple[InputItem, ...]) -> list[tuple[str, str | None]]:
@@ -215,14 +206,17 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
 def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None, *,
            executor: Executor | None = None, progress: bool = False, overwrite: bool = False,
            retry_failed: bool = False, storage_options: dict | None = None,
-           download: DownloadOptions | None = None) -> IngestResult:
+           download: DownloadOptions | None = None, plan: PlanOptions | None = None
+           ) -> IngestResult:
     """Turn ``sources`` into a dataset folder at ``out`` (local path or fsspec URL).
 
     Reruns with the same arguments resume: committed shards are skipped and the final
     files equal an uninterrupted run's.  ``retry_failed=True`` re-attempts only the
     inputs the ledger marks failed, in new shards (not the permanent download reasons:
     404, opted out, too large ...).  ``download`` says how ``http(s)`` inputs are
-    fetched (limits, timeouts, retries, opt-out; see :mod:`.download`).  ``executor``
+    fetched (limits, timeouts, retries, opt-out; see :mod:`.download`).  ``plan`` bounds
+    the planner's memory (:class:`PlanOptions`; a 10M-row manifest is planned through
+    spill files, see :mod:`.plan`).  ``executor``
     defaults to an embedded local Ray cluster.  Raises SourceError/ConfigError before
     any work on bad sources or arguments, JobError when the output cannot be written or
     was made with another config, and FailureRateError (after committing) when too many
@@ -236,53 +230,114 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         raise ConfigError("--retry-failed and --overwrite exclude each other")
     t0 = time.perf_counter()
     storage = Storage(out, storage_options)
-    items, ignored = collect_inputs(list(sources), config.sources)
-    labels, items = assign_label_ids(items)  # one vocabulary over all inputs, before tasks
-    job = _fingerprint(config, sources)
-    if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
-        raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; run "
-                       "without --retry-failed first")
-    prepare_output(storage, job, overwrite, mismatch=_mismatch(job, storage))
-    own_executor = executor is None
-    executor = executor or make_executor("ray")
-    try:
-        dup_rows: list[dict[str, Any]] = []
-        if config.dedup:
-            items, dup_rows = _dedup(items, config, executor)
-        shards = plan_shards(items, config)
-        rounds = _retry_rounds(storage, items, shards, config, retry_failed)
-        media = MediaOptions(image=config.image, audio=config.audio, video=config.video,
-                             max_file_bytes=config.max_file_bytes)
-        all_shards = shards + [s for r in rounds for s in r]
-        done = set(n.removesuffix(".json") for n in storage.listdir(PARTS_DIR))
-        todo = [s for s in all_shards if s.name not in done]
-        tasks = [ShardTask(out=storage.root, storage_options=storage.storage_options,
-                           shard=s.name, split=s.split, items=s.items, media=media,
-                           download=download)
-                 for s in todo]
-        _run(tasks, executor, progress, total_shards=len(all_shards))
-        remove_temporaries(storage)  # what a worker killed mid-write left behind
-        name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
-        run_stats = {"seconds": round(time.perf_counter() - t0, 3),
-                     "executor": type(executor).__name__, "workers": executor.workers,
-                     "resumed_shards": len(all_shards) - len(todo),
-                     "retry_rounds": len(rounds), "ignored_files": len(ignored),
-                     "download": _download_record(download)}
-        shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
-        latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
-                        for it in s.items}
-        stats = commit_dataset(storage, name=name, shard_order=[s.name for s in all_shards],
-                               extra_ledger=dup_rows + _ignored_rows(ignored), config=job,
-                               run_stats=run_stats,
-                               shard_round=shard_round, latest_round=latest_round,
-                               labels=labels)
-    finally:
-        if own_executor:
-            executor.close()
-        release_output(storage)  # also after an error: the next run resumes
+    plan_opts = plan or PlanOptions()
+    with tempfile.TemporaryDirectory(prefix="mmshard-plan-", dir=plan_opts.folder) as work:
+        # every SourceError (bad manifest, duplicate keys ...) is raised here, before any
+        # write to the output; the inputs are spilled to ``work``, never all in memory
+        planned = plan_inputs(list(sources), config, work, batch_rows=plan_opts.batch_rows,
+                              run_rows=plan_opts.run_rows)
+        job = _fingerprint(config, sources)
+        if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
+            raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; "
+                           "run without --retry-failed first")
+        prepare_output(storage, job, overwrite, mismatch=_mismatch(job, storage))
+        own_executor = executor is None
+        executor = executor or make_executor("ray")
+        try:
+            names, tasks, rounds, dup_rows = _plan_tasks(planned, storage, config, executor,
+                                                         retry_failed, download)
+            _run(tasks, executor, progress, total_shards=len(names))
+            remove_temporaries(storage)  # what a worker killed mid-write left behind
+            name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
+            run_stats = {"seconds": round(time.perf_counter() - t0, 3),
+                         "executor": type(executor).__name__, "workers": executor.workers,
+                         "resumed_shards": len(names) - len(tasks),
+                         "retry_rounds": len(rounds), "ignored_files": len(planned.ignored),
+                         "download": _download_record(download)}
+            shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
+            latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
+                            for it in s.items}
+            stats = commit_dataset(storage, name=name, shard_order=names,
+                                   extra_ledger=dup_rows + _ignored_rows(planned.ignored),
+                                   config=job, run_stats=run_stats, shard_round=shard_round,
+                                   latest_round=latest_round, labels=planned.labels)
+            storage.remove_tree(PLAN_DIR)  # the tasks' inputs: committed, no longer needed
+        finally:
+            if own_executor:
+                executor.close()
+            release_output(storage)  # also after an error: the next run resumes
     result = IngestResult(out=storage.root, stats=stats)
     check_failure_rate(result, config.max_failure_rate, storage.path("ledger.parquet"))
     return result
+
+
+PLAN_DIR = "_work/plan"  # one file of planned inputs per shard still to build
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOptions:
+    """How the planner bounds its memory (execution choices: the output is the same for
+    any values).  ``folder``: where it spills (default: the system temporary folder);
+    ``batch_rows``: manifest rows read at a time; ``run_rows``: inputs held per sort."""
+
+    folder: str | None = None
+    batch_rows: int = BATCH_ROWS
+    run_rows: int = RUN_ROWS
+
+    def __post_init__(self) -> None:
+        for name in ("batch_rows", "run_rows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def _planned(plan: StreamedPlan, config: IngestConfig, executor: Executor
+             ) -> tuple[Iterable[PlannedShard], list[dict[str, Any]]]:
+    """The shards to build, plus the ``duplicate`` ledger rows of ``--dedup`` (which
+    hashes every input's bytes and keeps the inputs in memory)."""
+    if not config.dedup:
+        return plan.shards(), []
+    items = sorted((it for _, _, it in plan.items()), key=lambda it: it.key)
+    items, dup_rows = _dedup(items, config, executor)
+    return plan_shards(items, config), dup_rows
+
+
+def _plan_tasks(plan: StreamedPlan, storage: Storage, config: IngestConfig,
+                executor: Executor, retry_failed: bool, download: DownloadOptions | None
+                ) -> tuple[list[str], list[ShardTask], list[list[PlannedShard]],
+                           list[dict[str, Any]]]:
+    """(every shard name in plan order, the tasks of those not yet committed, the retry
+    rounds, duplicate rows).  Each task's inputs go to a file under ``PLAN_DIR``."""
+    shards, dup_rows = _planned(plan, config, executor)
+    doc = json.loads(storage.read_bytes(RETRIES_FILE)) if storage.exists(RETRIES_FILE) \
+        else {"rounds": []}
+    failed = _failed_keys(storage) if retry_failed else None
+    needed = {k for r in doc["rounds"] for s in r for k in s["keys"]} | (failed or set())
+    done = set(n.removesuffix(".json") for n in storage.listdir(PARTS_DIR))
+    media = MediaOptions(image=config.image, audio=config.audio, video=config.video,
+                         max_file_bytes=config.max_file_bytes)
+    names: list[str] = []
+    tasks: list[ShardTask] = []
+    by_key: dict[str, InputItem] = {}  # the inputs a retry round may name
+
+    def add(s: PlannedShard) -> None:
+        names.append(s.name)
+        if s.name not in done:
+            ref = f"{PLAN_DIR}/{s.name}.jsonl.gz"
+            write_items(storage, ref, s.items)
+            tasks.append(ShardTask(out=storage.root, storage_options=storage.storage_options,
+                                   shard=s.name, split=s.split, items_ref=ref, media=media,
+                                   download=download))
+
+    for s in shards:
+        if needed:
+            by_key.update((it.key, it) for it in s.items if it.key in needed)
+        add(s)
+    rounds = _retry_rounds(storage, doc, by_key, list(names), config, failed)
+    for rnd in rounds:
+        for s in rnd:
+            add(s)
+    return names, tasks, rounds, dup_rows
 
 
 def _download_record(download: DownloadOptions | None) -> dict[str, Any]:
@@ -304,31 +359,47 @@ def _ignored_rows(paths: Sequence[str]) -> list[dict[str, Any]]:
 
 
 
-def _retry_rounds(storage: Storage, items: Sequence[InputItem], base: list[PlannedShard],
-                  config: IngestConfig, new_round: bool) -> list[list[PlannedShard]]:
-    """The ``--retry-failed`` rounds so far, plus a new one when asked.
+def _failed_keys(storage: Storage) -> set[str]:
+    """Keys the ledger marks failed for a reason worth retrying (a 404 stays a 404)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    keys: set[str] = set()
+    with storage.open_read("ledger.parquet") as f:
+        for b in pq.ParquetFile(f).iter_batches(columns=["key", "status", "reason"]):
+            retry = pc.and_(pc.equal(b.column("status"), "failed"),
+                            pc.invert(pc.is_in(b.column("reason"),
+                                               value_set=_pa_strings(PERMANENT_REASONS))))
+            keys.update(k for k in b.column("key").filter(pc.fill_null(retry, False))
+                        .to_pylist() if k is not None)
+    return keys
+
+
+def _pa_strings(values: Iterable[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())
+
+
+def _retry_rounds(storage: Storage, doc: dict[str, Any], by_key: dict[str, InputItem],
+                  base: list[str], config: IngestConfig, failed_keys: set[str] | None
+                  ) -> list[list[PlannedShard]]:
+    """The ``--retry-failed`` rounds so far (``doc``: retries.json), plus a new one of
+    ``failed_keys`` when given (``by_key``: the planned inputs those rounds name).
 
     A round's plan (shard names and keys) is saved before its tasks run, so a crashed
     retry resumes with the same plan.  New shards continue each split's numbering.
     """
-    doc = json.loads(storage.read_bytes(RETRIES_FILE)) if storage.exists(RETRIES_FILE) \
-        else {"rounds": []}
-    by_key = {it.key: it for it in items}
     rounds = [[PlannedShard(s["name"], s["split"], tuple(by_key[k] for k in s["keys"]))
                for s in r] for r in doc["rounds"]]
-    if not new_round:
+    if failed_keys is None:
         return rounds
-    import pyarrow.parquet as pq
-
-    with storage.open_read("ledger.parquet") as f:
-        ledger = pq.read_table(f, columns=["key", "status", "reason"]).to_pylist()
-    failed = sorted(r["key"] for r in ledger if r["status"] == "failed" and r["key"] in by_key
-                    and r["reason"] not in PERMANENT_REASONS)  # a 404 stays a 404
+    failed = sorted(k for k in failed_keys if k in by_key)
     if not failed:
         return rounds
     used: dict[str, int] = {}
-    for s in base + [s for r in rounds for s in r]:
-        split, _, n = s.name.rpartition("-")
+    for name in base + [s.name for r in rounds for s in r]:
+        split, _, n = name.rpartition("-")
         used[split] = max(used.get(split, -1), int(n))
     planned = plan_shards([by_key[k] for k in failed], config)
     renamed = []

@@ -350,9 +350,23 @@ def _resolve(path: str, root: str, opts: SourceOptions) -> tuple[str, tuple[str,
     return full, check_local_path(full, root, opts.follow_symlinks)
 
 
-def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
-    table = _read_manifest(src)
-    cols = table.column_names
+@dataclass(frozen=True)
+class ManifestColumns:
+    """Which columns of one manifest mean what (decided once from its column names)."""
+
+    src: str
+    root: str
+    path_cols: tuple[str, ...]
+    key_col: str | None
+    cap_col: str | None
+    lab_col: str | None
+    grp_col: str | None
+    meta_cols: tuple[str, ...]
+
+
+def manifest_columns(src: str, cols: list[str], opts: SourceOptions) -> ManifestColumns:
+    """The column roles of manifest ``src`` with columns ``cols`` (SourceError if a
+    named column is missing or no path column exists)."""
     if opts.path_columns:
         missing = [c for c in opts.path_columns if c not in cols]
         if missing:
@@ -370,58 +384,77 @@ def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
     lab_col = _pick(cols, opts.label_column, DEFAULT_LABEL_COLUMNS, "label", src)
     grp_col = _pick(cols, opts.group_column, (), "group", src)
     used = set(path_cols) | {c for c in (key_col, cap_col, lab_col, grp_col) if c}
-    meta_cols = [c for c in cols if c not in used]
     if is_url(src):
         root = opts.root or src.rsplit("/", 1)[0]
     else:
         root = os.path.abspath(opts.root or os.path.dirname(os.path.abspath(src)))
-    rows = table.to_pylist()
-    items = []
-    bad_keys = []
-    for i, row in enumerate(rows):
-        media, error, size, ident = [], None, 0, None
-        for c in path_cols:
-            p = row.get(c)
-            if p is None or str(p) == "":
-                continue
-            p = str(p)
-            full, err = (urljoin_root(p, root, opts) if is_url(root) else _resolve(p, root, opts))
-            error = error or err
-            name = urlsplit(full).path if is_url(full) else full
-            fld = media_field(_split_name(name.rsplit("/", 1)[-1])[1]) or "auto"
-            if fld in [f for f, _ in media]:
-                fld = f"{c}.{fld}" if re.match(r"^[a-z0-9_]+$", c) else fld
-            media.append((fld, full))
-            if not is_url(full) and err is None:
-                size += _size(full)
-            if ident is None:
-                ident = full if is_url(full) else os.path.relpath(full, root)
-        ident_stem = _stem_identity(ident) if media else None
-        if not media:
-            media, ident = [("auto", "")], f"{os.path.basename(src)}#row{i}"
-            ident_stem = ident  # no file name to take a stem of
-            error = error or ("missing_path", f"row {i} of {src} has an empty path")
-        if key_col:
-            key = str(row[key_col])
-            if not KEY_RE.match(key) or len(key) > 80:
-                bad_keys.append(key)
-        else:
-            key = _keyify(ident_stem, opts.key_scheme)
-        group = str(row[grp_col]) if grp_col and row.get(grp_col) is not None else \
-            _group_for(ident or "", key, opts)
-        meta = {c: _jsonable(row[c]) for c in meta_cols if row.get(c) is not None}
-        items.append(InputItem(
-            key=key, source=ident if is_url(ident or "") else os.path.join(root, ident or ""),
-            media=tuple(media), caption=None if not cap_col or row.get(cap_col) is None
-            else str(row[cap_col]),
-            label=None if not lab_col or row.get(lab_col) is None else str(row[lab_col]),
-            group=group, meta=meta, size=size, error=error,
-        ))
-    if bad_keys:
-        raise SourceError(f"{len(bad_keys)} value(s) of key column {key_col!r} in {src!r} are "
-                          f"not valid keys ([A-Za-z0-9_-]+, at most 80 chars): {bad_keys[:5]}")
-    if key_col:  # explicit unique keys: rows naming the same media are distinct samples
-        return items
+    return ManifestColumns(src, root, tuple(path_cols), key_col, cap_col, lab_col, grp_col,
+                           tuple(c for c in cols if c not in used))
+
+
+def manifest_row(row: dict[str, Any], i: int, mc: ManifestColumns, opts: SourceOptions
+                 ) -> InputItem:
+    """Row ``i`` (a dict of column values) of a manifest as an input (its key not yet
+    checked: see :func:`bad_key`)."""
+    src, root = mc.src, mc.root
+    media, error, size, ident = [], None, 0, None
+    for c in mc.path_cols:
+        p = row.get(c)
+        if p is None or str(p) == "":
+            continue
+        p = str(p)
+        full, err = (urljoin_root(p, root, opts) if is_url(root) else _resolve(p, root, opts))
+        error = error or err
+        name = urlsplit(full).path if is_url(full) else full
+        fld = media_field(_split_name(name.rsplit("/", 1)[-1])[1]) or "auto"
+        if fld in [f for f, _ in media]:
+            fld = f"{c}.{fld}" if re.match(r"^[a-z0-9_]+$", c) else fld
+        media.append((fld, full))
+        if not is_url(full) and err is None:
+            size += _size(full)
+        if ident is None:
+            ident = full if is_url(full) else os.path.relpath(full, root)
+    ident_stem = _stem_identity(ident) if media else None
+    if not media:
+        media, ident = [("auto", "")], f"{os.path.basename(src)}#row{i}"
+        ident_stem = ident  # no file name to take a stem of
+        error = error or ("missing_path", f"row {i} of {src} has an empty path")
+    if mc.key_col:
+        key = str(row[mc.key_col])
+    else:
+        key = _keyify(ident_stem, opts.key_scheme)
+    grp_col, cap_col, lab_col = mc.grp_col, mc.cap_col, mc.lab_col
+    group = str(row[grp_col]) if grp_col and row.get(grp_col) is not None else \
+        _group_for(ident or "", key, opts)
+    meta = {c: _jsonable(row[c]) for c in mc.meta_cols if row.get(c) is not None}
+    return InputItem(
+        key=key, source=ident if is_url(ident or "") else os.path.join(root, ident or ""),
+        media=tuple(media), caption=None if not cap_col or row.get(cap_col) is None
+        else str(row[cap_col]),
+        label=None if not lab_col or row.get(lab_col) is None else str(row[lab_col]),
+        group=group, meta=meta, size=size, error=error,
+    )
+
+
+def bad_key(key: str) -> bool:
+    """A ``--key-column`` value that is not a valid key."""
+    return not KEY_RE.match(key) or len(key) > 80
+
+
+def bad_keys_error(bad: list[str], count: int, mc: ManifestColumns) -> SourceError:
+    return SourceError(f"{count} value(s) of key column {mc.key_col!r} in {mc.src!r} are "
+                       f"not valid keys ([A-Za-z0-9_-]+, at most 80 chars): {bad[:5]}")
+
+
+def _manifest_items(src: str, opts: SourceOptions) -> list[InputItem]:
+    table = _read_manifest(src)
+    mc = manifest_columns(src, table.column_names, opts)
+    items = [manifest_row(row, i, mc, opts) for i, row in enumerate(table.to_pylist())]
+    if mc.key_col:
+        bad = [it.key for it in items if bad_key(it.key)]
+        if bad:
+            raise bad_keys_error(bad, len(bad), mc)
+        return items  # explicit unique keys: rows naming the same media are distinct samples
     return resolve_repeated(items, opts.repeated_paths, opts.key_scheme, src)
 
 
@@ -478,6 +511,22 @@ def _jsonable(v: Any) -> Any:
         return str(v)
 
 
+def is_manifest(src: str) -> bool:
+    """Whether source ``src`` is a manifest (by extension) rather than a tree/glob/file."""
+    return src.lower().split("?", 1)[0].endswith(MANIFEST_EXTS)
+
+
+def tree_source_items(src: str, opts: SourceOptions, ignored: list[str]) -> list[InputItem]:
+    """The inputs of a folder tree, glob or single file (SourceError when it holds no
+    media: nothing to ingest is a mistake in the arguments); ignored files are appended
+    to ``ignored``."""
+    before = len(ignored)
+    found = _tree_items(src, opts, ignored)
+    if not found:
+        raise _no_media_error(src, ignored[before:])
+    return found
+
+
 # -------------------------------------------------------------------------- entry
 def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
                    ) -> tuple[list[InputItem], list[str]]:
@@ -491,25 +540,27 @@ def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
     items: list[InputItem] = []
     ignored: list[str] = []
     for src in sources:
-        lower = src.lower().split("?", 1)[0]
-        if lower.endswith(MANIFEST_EXTS):
+        if is_manifest(src):
             items.extend(_manifest_items(src, opts))
         else:
-            before = len(ignored)
-            found = _tree_items(src, opts, ignored)
-            if not found:  # nothing to ingest is a mistake in the arguments: exit 2
-                raise _no_media_error(src, ignored[before:])
-            items.extend(found)
+            items.extend(tree_source_items(src, opts, ignored))
     items = _separate_failed(items)
     items.sort(key=lambda it: it.key)
     dups = [(a, b) for a, b in zip(items, items[1:]) if a.key == b.key]
     if dups:
-        shown = "; ".join(f"{a.key!r}: {a.source} and {b.source}" for a, b in dups[:5])
-        raise SourceError(
-            f"{len(dups)} duplicate key(s) before any work started: {shown}. Keys come from "
-            "paths relative to each source root (--key-scheme hash hashes that same relative "
-            "path, so it does not separate them): give sources with distinct relative paths "
-            "or one manifest with a --key-column of unique values; for manifest rows that "
-            "name the same media, --group-captions or --sample-per-row"
-        )
+        raise duplicate_keys_error(len(dups), dups[:5])
     return items, ignored
+
+
+def duplicate_keys_error(count: int, shown_pairs: list[tuple[InputItem, InputItem]]
+                         ) -> SourceError:
+    """The refusal of two inputs sharing a key (the first pairs in key order, and how
+    many pairs there are)."""
+    shown = "; ".join(f"{a.key!r}: {a.source} and {b.source}" for a, b in shown_pairs[:5])
+    return SourceError(
+        f"{count} duplicate key(s) before any work started: {shown}. Keys come from "
+        "paths relative to each source root (--key-scheme hash hashes that same relative "
+        "path, so it does not separate them): give sources with distinct relative paths "
+        "or one manifest with a --key-column of unique values; for manifest rows that "
+        "name the same media, --group-captions or --sample-per-row"
+    )

@@ -36,8 +36,8 @@ from ..task import PartRecord, ShardOutput, part_name
 from .download import DownloadOptions, fetch_urls, is_http
 from .sources import InputItem
 
-__all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "run_shard_task",
-           "write_lost_part"]
+__all__ = ["MediaOptions", "ShardResult", "ShardTask", "part_name", "read_items",
+           "run_shard_task", "write_items", "write_lost_part"]
 
 log = logging.getLogger(__name__)
 _MODALITY_ORDER = {"video": 0, "image": 1, "audio": 2}
@@ -55,14 +55,53 @@ class MediaOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class ShardTask:
+    """One shard to build.  Its inputs are ``items``, or (what the planner sends, so the
+    driver never holds every shard's inputs) ``items_ref``: the path, in the output
+    storage, of the file :func:`write_items` wrote them to."""
+
     out: str
     storage_options: dict
     shard: str
     split: str
-    items: tuple[InputItem, ...]
+    items: tuple[InputItem, ...] = ()
+    items_ref: str | None = None
     media: MediaOptions
     download: DownloadOptions | None = None  # how http(s) inputs are fetched (download.py)
     threads: int = 0  # inputs built concurrently in the task (0: CPUs, at most 4)
+
+    def load_items(self, storage: Storage | None = None) -> tuple[InputItem, ...]:
+        """The shard's inputs, in plan order."""
+        if self.items_ref is None:
+            return self.items
+        return read_items(storage or Storage(self.out, self.storage_options), self.items_ref)
+
+
+_ITEM_FIELDS = ("key", "source", "media", "sidecars", "caption", "label", "label_id",
+                "group", "meta", "size", "error")
+
+
+def write_items(storage: Storage, rel: str, items: tuple[InputItem, ...]) -> None:
+    """Write one shard's planned inputs (gzipped JSON lines, atomically) for its task."""
+    import gzip
+
+    lines = [json.dumps([getattr(it, f) for f in _ITEM_FIELDS], ensure_ascii=False)
+             for it in items]
+    storage.write_bytes(rel, gzip.compress("\n".join(lines).encode("utf-8"), 1, mtime=0))
+
+
+def read_items(storage: Storage, rel: str) -> tuple[InputItem, ...]:
+    """The inputs :func:`write_items` wrote (tuples restored, so they equal the plan's)."""
+    import gzip
+
+    text = gzip.decompress(storage.read_bytes(rel)).decode("utf-8")
+    out = []
+    for line in text.split("\n") if text else ():
+        key, source, media, side, cap, lab, lab_id, group, meta, size, err = json.loads(line)
+        out.append(InputItem(key=key, source=source, media=tuple(map(tuple, media)),
+                             sidecars=tuple(map(tuple, side)), caption=cap, label=lab,
+                             label_id=lab_id, group=group, meta=meta, size=size,
+                             error=tuple(err) if err is not None else None))
+    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,12 +293,12 @@ def _replay(result: Any, error: BaseException | None) -> Any:
     return result
 
 
-def _built(task: ShardTask, part: PartRecord, fetched: Mapping[str, Any] | None
+def _built(task: ShardTask, items: tuple[InputItem, ...], part: PartRecord,
+           fetched: Mapping[str, Any] | None
            ) -> Iterator[tuple[dict[str, Any], dict[str, Any]] | None]:
     """``build_sample`` of each input in plan order (None for a failed one, recorded in
     ``part`` in plan order), computed ``threads`` at a time, at most 2 x threads ahead."""
     threads = task.threads or min(4, os.cpu_count() or 1)
-    items = task.items
     if threads <= 1 or len(items) < 2:
         for item in items:
             yield part.attempt(item.source, item.key, build_sample, item, task.split,
@@ -287,11 +326,12 @@ def run_shard_task(task: ShardTask) -> ShardResult:
     t0 = time.perf_counter()
     storage = Storage(task.out, task.storage_options)
     part = PartRecord(task.shard, task.split, "ingest")
-    urls = [u for it in task.items if not it.error for _, u in it.media if is_http(u)]
+    items = task.load_items(storage)
+    urls = [u for it in items if not it.error for _, u in it.media if is_http(u)]
     # the shard's URLs are fetched concurrently first; plan order then decides the tar
     with fetch_urls(urls, task.download, max_file_bytes=task.media.max_file_bytes) as got, \
             ShardOutput(storage, f"shards/{task.shard}.tar") as out:
-        for item, built in zip(task.items, _built(task, part, got), strict=True):
+        for item, built in zip(items, _built(task, items, part, got), strict=True):
             if built is None:
                 continue
             sample, row = built
@@ -299,7 +339,7 @@ def run_shard_task(task: ShardTask) -> ShardResult:
             part.bytes_in += row["source_size"]
             part.ok(item.source, item.key, [row])
     seconds = time.perf_counter() - t0
-    part.commit(storage, out.info, planned=len(task.items), seconds=seconds)
+    part.commit(storage, out.info, planned=len(items), seconds=seconds)
     return ShardResult(shard=task.shard, ok=len(part.manifest), failed=part.failed,
                        bytes_in=part.bytes_in, bytes_out=out.info.get("filesize", 0),
                        seconds=seconds, failures=dict(part.failures),
@@ -310,8 +350,9 @@ def write_lost_part(task: ShardTask, cause: object) -> ShardResult:
     """Account for a shard whose task died on every attempt: one failed ledger row per
     input (reason ``worker_lost``), no tar.  ``--retry-failed`` can re-attempt them."""
     storage = Storage(task.out, task.storage_options)
+    items = task.load_items(storage)
     PartRecord.lost(storage, task.shard, task.split,
-                    [(it.source, it.key) for it in task.items], cause,
+                    [(it.source, it.key) for it in items], cause,
                     tar=f"shards/{task.shard}.tar")
-    return ShardResult(shard=task.shard, ok=0, failed=len(task.items), bytes_in=0, bytes_out=0,
+    return ShardResult(shard=task.shard, ok=0, failed=len(items), bytes_in=0, bytes_out=0,
                        seconds=0.0)
