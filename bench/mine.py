@@ -111,13 +111,17 @@ def w_mmshard_exact(d: str, k: int) -> dict:
 
     out = os.path.join(d, "mm", "neg.parquet")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    # a one-shot run, like the peer's: no index file written (index_reuse="never")
     cfg = MineConfig(queries=EmbeddingSource(path=os.path.join(d, "queries.npy")),
                      corpus=EmbeddingSource(path=os.path.join(d, "corpus.npy")), out=out, k=k,
-                     index=IndexConfig(kind="flat", gpu="never"), plot=False)
+                     index=IndexConfig(kind="flat", gpu="never"), plot=False,
+                     index_reuse="never")
     t = time.perf_counter()
     mine(cfg, progress=False)
     wall = time.perf_counter() - t
-    keys = pq.read_table(out, columns=["negative_keys"]).column("negative_keys").to_pylist()
+    # ParquetFile.read, not read_table: the latter imports pandas (bench bookkeeping)
+    col = pq.ParquetFile(out).read(columns=["negative_keys"]).column("negative_keys")
+    keys = col.combine_chunks().to_pylist()
     ids = np.array([[int(x[1:]) for x in row] + [-1] * (k - len(row)) for row in keys])
     np.save(os.path.join(d, "mmshard_exact.npy"), ids)
     return {"inner_wall_s": round(wall, 3)}

@@ -358,6 +358,38 @@ def test_saved_index_is_reused_and_stale_one_refused(tmp_path) -> None:
     assert os.stat(index).st_mtime_ns != stamp
 
 
+
+@pytest.mark.parametrize("executor", [None, LocalExecutor(2)])
+def test_one_shot_run_writes_no_index_and_mines_the_same(tmp_path, executor) -> None:
+    qs, cs, *_ = pair_data(tmp_path, n=150)
+    cfg = MineConfig(queries=qs, corpus=cs, out=str(tmp_path / "a.parquet"), k=5,
+                     chunk_size=40)
+    mine(cfg, progress=False)
+    one = MineConfig(queries=qs, corpus=cs, out=str(tmp_path / "b.parquet"), k=5,
+                     chunk_size=40, index_reuse="never")
+    res = mine(one, executor=executor, progress=False)
+    assert read(one.out) == read(cfg.out) and res.n_mined == 150
+    assert os.path.exists(output_paths(cfg.out)["index"])
+    assert not os.path.exists(output_paths(one.out)["index"])
+    assert not os.path.exists(output_paths(one.out)["parts"])  # temp copy gone too
+    assert res.summary["index_path"] is None
+
+
+def test_one_shot_index_for_other_processes_is_a_temporary_file(tmp_path) -> None:
+    from mmshard.pipelines.mine import job
+    from mmshard.pipelines.mine.faiss_index import load_index
+
+    qs, cs, *_ = pair_data(tmp_path, n=60)
+    cfg = MineConfig(queries=qs, corpus=cs, out=str(tmp_path / "n.parquet"), k=3,
+                     index_reuse="never")
+    work = str(tmp_path / "w")
+    os.makedirs(work)
+    p = job._plan_inputs(cfg, "plan", work, *job._artifacts(cfg))
+    job._ensure_index(cfg, p, in_process=False)
+    assert p.local_index.startswith(work) and load_index(p.local_index,
+                                                          expect=p.expect).ntotal == 60
+    assert not os.path.exists(output_paths(cfg.out)["index"])
+
 @pytest.mark.ray
 def test_ray_executor_gives_the_same_file(tmp_path) -> None:
     ray = pytest.importorskip("ray")

@@ -17,6 +17,7 @@ import numpy as np
 
 from ...samplers.negatives import CandidateBatch, build_strategy, strategy_from_dict
 from ...storage import Storage
+from ._arrow import list_array, num_array, table
 from .faiss_index import exact_scores, load_index, search
 
 __all__ = ["ChunkTask", "lost_chunk", "run_chunk"]
@@ -49,10 +50,8 @@ class ChunkTask:
 
 
 def _list_array(values: np.ndarray, mask: np.ndarray) -> Any:
-    import pyarrow as pa
-
     offsets = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask]))
+    return list_array(offsets, num_array(values[mask]))
 
 
 def _load(p: str | None) -> np.ndarray | None:
@@ -104,8 +103,6 @@ def _select_growing(task: ChunkTask, q: np.ndarray, built: Any, corpus: np.ndarr
 
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Mine one chunk of queries into its part file (idempotent)."""
-    import pyarrow as pa
-
     if os.path.exists(task.part_path):
         return {"chunk": task.chunk, "skipped": True}
     queries = np.load(task.queries_path, mmap_mode="r", allow_pickle=False)
@@ -128,15 +125,15 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
             "score_min": float(both.min()) if both.size else None,
             "score_max": float(both.max()) if both.size else None}
     cols = {
-        "query_row": pa.array(np.arange(task.start, task.stop, dtype=np.int64)),
+        "query_row": num_array(np.arange(task.start, task.stop, dtype=np.int64)),
         "negative_ids": _list_array(sel.ids, mask),
         "negative_scores": _list_array(sel.scores.astype(np.float32), mask),
         "negative_ranks": _list_array(sel.ranks.astype(np.int32), mask),
-        "positive_score": pa.array(pos_min, mask=~np.isfinite(pos_min)),
+        "positive_score": num_array(pos_min, valid=np.isfinite(pos_min)),
     }
     if sel.levels is not None:
         cols["negative_levels"] = _list_array(sel.levels.astype(np.int8), mask)
-    _write_part(task.part_path, pa.table(cols), meta)
+    _write_part(task.part_path, table(cols), meta)
     return {"chunk": task.chunk, "skipped": False, **meta}
 
 

@@ -59,10 +59,12 @@ class MineConfig:
     negatives.  ``labels``: optional (key, label) table of paths like
     ``animal/dog/terrier`` for semantic levels.  ``index_reuse``: ``auto`` (reuse a
     matching saved index, rebuild a stale one), ``require`` (refuse a stale one),
-    ``rebuild``.  ``pool_size``: candidates searched per query (default: what the
-    strategy needs; it grows for queries left with fewer than ``k`` negatives until they
-    have ``k`` or the corpus is exhausted).  ``memory_budget`` (bytes) drives the
-    automatic index choice.  ``out`` (and ``index_path``) may be fsspec URLs
+    ``rebuild``, ``never`` (a one-shot run: build the index and neither read nor write
+    ``index_path``; tasks in the driver's process share the built index, others read a
+    temporary copy in the working folder).  ``pool_size``: candidates searched per query
+    (default: what the strategy needs; it grows for queries left with fewer than ``k``
+    negatives until they have ``k`` or the corpus is exhausted).  ``memory_budget``
+    (bytes) drives the automatic index choice.  ``out`` (and ``index_path``) may be fsspec URLs
     (``s3://bucket/neg.parquet``): artifacts are written through ``Storage``; the working
     files (prepared vectors, chunk parts, a local copy of the index) then live in
     ``work_dir`` (default: a folder under the system temp dir), which every worker must
@@ -97,8 +99,8 @@ class MineConfig:
         build_strategy(self.strategy)  # validates the strategy config type
         if self.metric not in ("ip", "l2"):
             raise ConfigError(f"unknown metric {self.metric!r}; allowed: ip, l2")
-        if self.index_reuse not in ("auto", "require", "rebuild"):
-            raise ConfigError(f"index_reuse must be one of auto, require, rebuild; got "
+        if self.index_reuse not in ("auto", "require", "rebuild", "never"):
+            raise ConfigError(f"index_reuse must be one of auto, require, rebuild, never; got "
                               f"{self.index_reuse!r}")
         if self.on_unknown_keys not in ("error", "skip"):
             raise ConfigError(f"on_unknown_keys must be error or skip, got "

@@ -49,9 +49,11 @@ __all__ = [
     "estimate_index_bytes",
     "exact_scores",
     "fingerprint_array",
+    "hold_index",
     "index_meta",
     "load_index",
     "read_index_meta",
+    "release_index",
     "save_index",
     "search",
 ]
@@ -270,7 +272,7 @@ def fingerprint_array(vectors: np.ndarray, *, extra: Any = None,
     h.update(json.dumps([list(vectors.shape), str(vectors.dtype), extra], sort_keys=True,
                         default=str).encode())
     for s in range(0, vectors.shape[0], block_rows):
-        h.update(np.ascontiguousarray(vectors[s:s + block_rows]).tobytes())
+        h.update(np.ascontiguousarray(vectors[s:s + block_rows]))  # its buffer: no copy
     return h.hexdigest()
 
 
@@ -310,6 +312,21 @@ def read_index_meta(path: str) -> dict[str, Any] | None:
 
 _CACHE_LOCK = threading.Lock()
 _CACHE: dict[str, Any] = {}
+_HELD: dict[str, tuple[dict[str, Any], BuiltIndex]] = {}
+
+
+def hold_index(path: str, built: BuiltIndex, meta: dict[str, Any]) -> None:
+    """Serve ``built`` to :func:`load_index` calls for ``path`` in this process (with
+    ``meta`` as its sidecar) until :func:`release_index`: a job whose tasks run in the
+    driver's process hands them the index it just built instead of a file to read."""
+    with _CACHE_LOCK:
+        _HELD[os.path.abspath(path)] = (meta, built)
+
+
+def release_index(path: str) -> None:
+    """Stop serving the index held for ``path`` (no-op when none is)."""
+    with _CACHE_LOCK:
+        _HELD.pop(os.path.abspath(path), None)
 
 
 def load_index(path: str, *, expect: dict[str, Any] | None = None,
@@ -321,7 +338,9 @@ def load_index(path: str, *, expect: dict[str, Any] | None = None,
     and mtime), so the chunk tasks of one job running in one worker read it once.
     """
     faiss = _faiss()
-    meta = read_index_meta(path)
+    with _CACHE_LOCK:
+        held = _HELD.get(os.path.abspath(path))
+    meta = held[0] if held else read_index_meta(path)
     if meta is None:
         raise ShardError(f"no saved index at {path} (or its sidecar {path}.json); build it "
                          "first or delete the leftover file")
@@ -330,6 +349,8 @@ def load_index(path: str, *, expect: dict[str, Any] | None = None,
             raise ShardError(
                 f"stale index {path}: its {k} is {meta.get(k)!r}, expected {v!r}; delete "
                 "it or rebuild (mmshard mine --rebuild-index)")
+    if held:
+        return held[1]
     st = os.stat(path)
     key = f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
     with _CACHE_LOCK:

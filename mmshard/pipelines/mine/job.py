@@ -80,8 +80,10 @@ from .embeddings_io import (
 from .faiss_index import (
     build_index,
     fingerprint_array,
+    hold_index,
     index_meta,
     read_index_meta,
+    release_index,
     save_index,
 )
 from .plan import FORMAT_VERSION, plan_fingerprint, prepare_vectors, resolve_rows
@@ -214,13 +216,32 @@ def _plan_inputs(cfg: MineConfig, plan: str, work: str, art: Storage,
     return p
 
 
-def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
+def _one_shot_index(cfg: MineConfig, p: _Plan, corpus: np.ndarray, in_process: bool) -> None:
+    """``index_reuse="never"``: build, hand the index to in-process tasks in memory (or
+    write a temporary copy into the working folder for other processes); no fingerprint,
+    nothing at ``index_path``."""
+    built = build_index(corpus, metric=cfg.metric, config=cfg.index,
+                        memory_budget=cfg.memory_budget, seed=cfg.seed)
+    p.index_params, p.index_path = built.params, ""
+    p.local_index, p.expect = os.path.join(p.work, "index.faiss"), {"one_shot": p.plan}
+    if in_process:
+        hold_index(p.local_index, built, p.expect)
+    else:
+        save_index(built, p.local_index, meta=p.expect)
+
+
+def _ensure_index(cfg: MineConfig, p: _Plan, in_process: bool = False) -> None:
     """Reuse the saved index when it matches the prepared corpus, else build and save it.
 
     Workers read a local copy: the index itself when ``index_path`` is local, else a copy
     in the working folder (``s3://`` indexes are downloaded once, uploaded after a build).
+    Tasks running in this process (``in_process``) are handed a just-built index in
+    memory instead of reading the file back.
     """
     corpus = np.load(p.c_path, mmap_mode="r", allow_pickle=False)
+    if cfg.index_reuse == "never":
+        _one_shot_index(cfg, p, corpus, in_process)
+        return
     p.index_path = cfg.index_path or output_paths(cfg.out)["index"]
     st, rel = split_path(p.index_path, p.storage_options)
     p.local_index = st.path(rel) if st.local else os.path.join(p.work, "index.faiss")
@@ -238,6 +259,8 @@ def _ensure_index(cfg: MineConfig, p: _Plan) -> None:
                             memory_budget=cfg.memory_budget, seed=cfg.seed)
         save_index(built, p.local_index, meta=p.expect)
         p.index_params = built.params
+        if in_process:
+            hold_index(p.local_index, built, {**p.expect, "params": built.params})
         if not st.local:  # the sidecar lands last: an index is trusted only with it
             st.remove(f"{rel}.json")
             local = Storage(p.work)
@@ -304,7 +327,7 @@ def _summary(cfg: MineConfig, p: _Plan, st: dict[str, Any], n_chunks: int) -> di
     return {
         "out": cfg.out, "k": cfg.k, "metric": cfg.metric, "normalize": cfg.normalize,
         "strategy": strategy_to_dict(cfg.strategy), "index": p.index_params,
-        "index_path": p.index_path, "pool_size": p.pool, "chunks": n_chunks,
+        "index_path": p.index_path or None, "pool_size": p.pool, "chunks": n_chunks,
         "queries": {"inputs": len(p.qemb), "mined": st["rows"],
                     "failed": int(len(p.qemb) - len(p.q_valid)) + st["lost"],
                     "lost": st["lost"], "short": st["short"], "grown_pool": st["grown"],
@@ -387,7 +410,8 @@ def mine(config: MineConfig, *, executor: Executor | None = None, progress: bool
     _open_work(work, plan)
     p = _plan_inputs(cfg, plan, work, art, names)
     p.storage_options = storage_options
-    _ensure_index(cfg, p)
+    executor = executor or LocalExecutor(1)
+    _ensure_index(cfg, p, in_process=isinstance(executor, LocalExecutor))
     n_chunks = -(-len(p.q_valid) // cfg.chunk_size)
     todo = _chunk_tasks(cfg, p)
     lost: list[int] = []
@@ -397,9 +421,12 @@ def mine(config: MineConfig, *, executor: Executor | None = None, progress: bool
         return lost_chunk(task, cause, p.qkeys, p.failures)
 
     computed = 0
-    for _, r in run_tasks(executor or LocalExecutor(1), run_chunk, todo, on_lost=on_lost,
-                          progress=progress and bool(todo), desc="mine"):
-        computed += 0 if r.get("skipped") else 1
+    try:
+        for _, r in run_tasks(executor, run_chunk, todo, on_lost=on_lost,
+                              progress=progress and bool(todo), desc="mine"):
+            computed += 0 if r.get("skipped") else 1
+    finally:
+        release_index(p.local_index)
     missing = [c for c in range(n_chunks)
                if not os.path.exists(os.path.join(work, f"chunk-{c:05d}.parquet"))]
     if missing:

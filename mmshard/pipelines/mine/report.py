@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...storage import Storage
+from ._arrow import str_array, table, to_numpy
 
 __all__ = ["histogram_png", "write_failures", "write_negatives"]
 
@@ -81,24 +82,23 @@ def write_negatives(storage: Storage, rel: str, parts: list[str], qkeys: np.ndar
                 removed[g] = removed.get(g, 0) + c
             if m.get("lost"):
                 continue
-            t = pq.read_table(p)
-            qr = t.column("query_row").to_numpy()
-            cols: dict[str, Any] = {"query_key": pa.array(qkeys[qr].astype(str), pa.string())}
+            t = pq.ParquetFile(p).read()  # not read_table: that imports pandas
+            qr = to_numpy(t.column("query_row"))
+            cols: dict[str, Any] = {"query_key": str_array(qkeys[qr])}
             ids_col = t.column("negative_ids").combine_chunks()
-            flat = ids_col.flatten().to_numpy()
-            cols["negative_keys"] = pa.ListArray.from_arrays(
-                ids_col.offsets, pa.array(ckeys[flat].astype(str) if len(flat) else [],
-                                          pa.string()))
+            flat = to_numpy(ids_col.flatten())
+            cols["negative_keys"] = pa.ListArray.from_arrays(ids_col.offsets,
+                                                             str_array(ckeys[flat]))
             for name in ("negative_scores", "negative_ranks", "positive_score",
                          "negative_levels"):
                 if name in t.column_names:
                     cols[name] = t.column(name).combine_chunks()
-            out = pa.table(cols)
+            out = table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(f, out.schema.with_metadata(metadata))
             writer.write_table(out.replace_schema_metadata(metadata))
-            negs = t.column("negative_scores").combine_chunks().flatten().to_numpy()
-            pos = t.column("positive_score").to_numpy(zero_copy_only=False)
+            negs = to_numpy(cols["negative_scores"].flatten())
+            pos = to_numpy(cols["positive_score"])
             pos = pos[np.isfinite(pos)]
             hist_neg += np.histogram(negs, edges)[0]
             hist_pos += np.histogram(pos, edges)[0]
@@ -118,15 +118,13 @@ def write_negatives(storage: Storage, rel: str, parts: list[str], qkeys: np.ndar
 def write_failures(storage: Storage, rel: str, failures: list[dict[str, str]]) -> str | None:
     """The failure rows (key, role, reason, detail, status) at ``rel``; None (and no file)
     when there are none."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not failures:
         storage.remove(rel)
         return None
-    cols = {c: pa.array([f[c] for f in failures], pa.string())
-            for c in ("key", "role", "reason", "detail")}
-    cols["status"] = pa.array(["failed"] * len(failures), pa.string())
+    cols = {c: str_array([f[c] for f in failures]) for c in ("key", "role", "reason", "detail")}
+    cols["status"] = str_array(["failed"] * len(failures))
     with storage.atomic_writer(rel) as f:
-        pq.write_table(pa.table(cols), f)
+        pq.write_table(table(cols), f)
     return storage.path(rel)
