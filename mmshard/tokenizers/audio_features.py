@@ -30,6 +30,7 @@ Storage cost of float16 log-mel (2 bytes x bins x 100 frames/s x 3600 s, before 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -169,31 +170,139 @@ def _filters_on(n_mels: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(mel_filterbank(n_mels).copy()).to(device)
 
 
+@functools.lru_cache(maxsize=32)
+def _hann_on(n_fft: int, device: torch.device) -> torch.Tensor:
+    return torch.hann_window(n_fft, device=device)
+
+
 @functools.lru_cache(maxsize=8)
-def _banded_filters(n_mels: int, n_bands: int = 8) -> tuple[tuple[int, int, torch.Tensor], ...]:
-    # Each mel filter is a triangle over a few FFT bins, so ~95% of the dense [n_mels, 201]
-    # matrix is zeros. Splitting the filters into bands that multiply only their nonzero bin
-    # range cuts the matmul work ~8x on CPU (the zeros added nothing to the sums).
+def _filter_bands(n_mels: int, n_bands: int = 8) -> tuple[tuple[int, int, int, int, np.ndarray],
+                                                           ...]:
+    # Each mel filter is a triangle over a few FFT bins (391 of the 80 x 201 weights are
+    # nonzero), so the filters are cut into bands of rows that multiply only their nonzero
+    # bin range: ~8x fewer multiply-adds than whisper's dense matmul, and the zeros it
+    # skips added nothing to the sums. Columns i0:i1 of ``power @ filters.T`` take bins
+    # c0:c1 through the [c1 - c0, i1 - i0] block ``w``.
     fb = mel_filterbank(n_mels)
     bounds = np.linspace(0, n_mels, n_bands + 1).astype(int)
     bands = []
     for i0, i1 in zip(bounds[:-1], bounds[1:]):
         nz = np.flatnonzero(fb[i0:i1].any(axis=0))
         c0, c1 = int(nz[0]), int(nz[-1]) + 1
-        bands.append((c0, c1, torch.from_numpy(fb[i0:i1, c0:c1].copy())))
+        bands.append((int(i0), int(i1), c0, c1, np.ascontiguousarray(fb[i0:i1, c0:c1].T)))
     return tuple(bands)
 
 
-def _apply_filters(power: torch.Tensor, n_mels: int) -> torch.Tensor:
-    if power.device.type != "cpu":  # one dense matmul is the fast path on accelerators
-        return torch.matmul(_filters_on(n_mels, power.device), power)
-    bands = _banded_filters(n_mels)
-    return torch.cat([torch.matmul(w, power[..., c0:c1, :]) for c0, c1, w in bands], dim=-2)
+# Frames per FFT call on CPU: the windowed frames and their spectrum stay in cache-sized
+# reused buffers (2048 x 400 float32 = 3.3 MB) instead of whole-clip temporaries.
+_CHUNK_FRAMES = 2048
+_SCRATCH_MAX = 1 << 22  # float32 elements a thread keeps per buffer between calls (16 MB)
+_scratch_tls = threading.local()
 
 
-@functools.lru_cache(maxsize=32)
-def _hann_on(n_fft: int, device: torch.device) -> torch.Tensor:
-    return torch.hann_window(n_fft, device=device)
+def _scratch(name: str, n: int) -> np.ndarray:
+    # A per-thread float32 work buffer of ``n`` elements, reused across calls: fresh large
+    # allocations cost a page fault per 4 kB, about as much as the arithmetic done on them.
+    if n > _SCRATCH_MAX:
+        return np.empty(n, np.float32)
+    buf = getattr(_scratch_tls, name, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 1 << 16), np.float32)
+        setattr(_scratch_tls, name, buf)
+    return buf[:n]
+
+
+def _reflect_frames(x: np.ndarray) -> torch.Tensor:
+    # The frames torch.stft(center=True, pad_mode="reflect") takes, as an [n // 160 + 1,
+    # 400] view of a padded copy of ``x`` (the copy lives in a scratch buffer).
+    n, half = x.shape[0], WHISPER_N_FFT // 2
+    xp = _scratch("padded", n + WHISPER_N_FFT)
+    xp[half:half + n] = x
+    xp[:half] = x[1:half + 1][::-1]
+    xp[half + n:] = x[n - half - 1:n - 1][::-1]
+    return torch.from_numpy(xp).unfold(0, WHISPER_N_FFT, WHISPER_HOP_LENGTH)
+
+
+def _power_rows(clips: list[np.ndarray], counts: list[int], power: np.ndarray) -> None:
+    # |STFT|^2 of every clip's frames (whisper's, without the last one) into the rows of
+    # ``power`` [sum(counts), 201], clip after clip: frames are windowed into a reused
+    # chunk buffer, which goes through torch's real FFT (the one torch.stft runs, so the
+    # spectrum is bit-for-bit whisper's) and re^2 + im^2 (no sqrt). The FFT transforms each
+    # row alone, so a clip's rows do not depend on what else shares the chunk.
+    window = _hann_on(WHISPER_N_FFT, torch.device("cpu"))
+    chunk = torch.from_numpy(_scratch("frames", _CHUNK_FRAMES * WHISPER_N_FFT))
+    chunk = chunk.view(_CHUNK_FRAMES, WHISPER_N_FFT)
+    filled = row = 0
+
+    def flush() -> None:
+        ri = torch.fft.rfft(chunk[:filled]).numpy().view(np.float32)  # [filled, 402]
+        np.square(ri, out=ri)
+        np.add(ri[:, 0::2], ri[:, 1::2], out=power[row:row + filled])
+
+    for x, n in zip(clips, counts):
+        frames, j = _reflect_frames(x), 0
+        while j < n:
+            take = min(n - j, _CHUNK_FRAMES - filled)
+            torch.mul(frames[j:j + take], window, out=chunk[filled:filled + take])
+            filled, j = filled + take, j + take
+            if filled == _CHUNK_FRAMES:
+                flush()
+                row, filled = row + filled, 0
+    if filled:
+        flush()
+
+
+def _log_mel_cpu(clips: list[np.ndarray], n_mels: int) -> list[np.ndarray]:
+    # Whisper's log-mel of 1-D float32 clips (each longer than 200 samples) in one pass:
+    # the power spectra of all clips' frames, then per clip the banded filters, log10 and
+    # the 8.0 clamp on its own maximum. The filter matmuls have the clip's own shape (BLAS
+    # rounds a matrix's edge rows differently), so a clip's result is bit-for-bit the same
+    # whatever else is in the call.
+    counts = [c.shape[0] // WHISPER_HOP_LENGTH for c in clips]
+    total = sum(counts)
+    n_bins = WHISPER_N_FFT // 2 + 1
+    power = _scratch("power", total * n_bins).reshape(total, n_bins)
+    _power_rows(clips, counts, power)
+    bands = _filter_bands(n_mels)
+    out, start = [], 0
+    for n in counts:
+        rows = power[start:start + n]
+        start += n
+        mel_t = _scratch("mel_t", n * n_mels).reshape(n, n_mels)
+        for i0, i1, c0, c1, w in bands:
+            np.matmul(rows[:, c0:c1], w, out=mel_t[:, i0:i1])
+        mel = np.maximum(mel_t.T, 1e-10)  # the transposing copy, with whisper's clamp
+        np.log10(mel, out=mel)
+        np.maximum(mel, mel.max() - 8.0, out=mel)
+        mel += 4.0
+        mel *= 0.25  # == / 4.0 exactly (a power of two)
+        out.append(mel)
+    return out
+
+
+def _as_cpu_clip(c: np.ndarray | torch.Tensor) -> np.ndarray:
+    a = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _pad_or_trim(x: np.ndarray) -> np.ndarray:
+    if x.shape[-1] >= WHISPER_N_SAMPLES:
+        return x[..., :WHISPER_N_SAMPLES]
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, WHISPER_N_SAMPLES - x.shape[-1])]
+    return np.pad(x, pad)
+
+
+def _check_n_mels(n_mels: int) -> None:
+    if n_mels not in (80, 128):
+        raise ConfigError(f"n_mels must be 80 or 128 (whisper's filterbanks), got {n_mels!r}")
+
+
+def _too_short(n: int) -> DataError:
+    return DataError(
+        "too_short",
+        f"audio has {n} samples; whisper log-mel needs more than {WHISPER_N_FFT // 2} "
+        "(use pad_or_trim=True to pad short clips to 30 s)",
+    )
 
 
 def log_mel_spectrogram(
@@ -209,13 +318,26 @@ def log_mel_spectrogram(
     >>> log_mel_spectrogram(np.zeros((2, 8000), np.float32), 128).shape
     torch.Size([2, 128, 50])
     """
-    if n_mels not in (80, 128):
-        raise ConfigError(f"n_mels must be 80 or 128 (whisper's filterbanks), got {n_mels!r}")
-    x = audio if torch.is_tensor(audio) else _from_numpy(audio)
+    _check_n_mels(n_mels)
+    if torch.is_tensor(audio) and audio.device.type != "cpu":
+        return _log_mel_torch(audio, n_mels, pad_or_trim=pad_or_trim)
+    x = _as_cpu_clip(audio)
     if x.ndim not in (1, 2):
         raise DataError("bad_waveform", f"audio must be [T] or [B, T], got {tuple(x.shape)}")
-    if x.dtype != torch.float32:
-        x = x.to(torch.float32)
+    if pad_or_trim:
+        x = _pad_or_trim(x)
+    if x.shape[-1] <= WHISPER_N_FFT // 2:
+        raise _too_short(x.shape[-1])
+    if x.ndim == 1:
+        return torch.from_numpy(_log_mel_cpu([x], n_mels)[0])
+    return torch.from_numpy(np.stack(_log_mel_cpu(list(x), n_mels)))
+
+
+def _log_mel_torch(x: torch.Tensor, n_mels: int, *, pad_or_trim: bool) -> torch.Tensor:
+    # The accelerator path: torch.stft and one dense filter matmul on the tensor's device.
+    if x.ndim not in (1, 2):
+        raise DataError("bad_waveform", f"audio must be [T] or [B, T], got {tuple(x.shape)}")
+    x = x.to(torch.float32)
     if pad_or_trim:
         n = x.shape[-1]
         if n > WHISPER_N_SAMPLES:
@@ -223,48 +345,76 @@ def log_mel_spectrogram(
         elif n < WHISPER_N_SAMPLES:
             x = torch.nn.functional.pad(x, (0, WHISPER_N_SAMPLES - n))
     if x.shape[-1] <= WHISPER_N_FFT // 2:
-        raise DataError(
-            "too_short",
-            f"audio has {x.shape[-1]} samples; whisper log-mel needs more than "
-            f"{WHISPER_N_FFT // 2} (use pad_or_trim=True to pad short clips to 30 s)",
-        )
+        raise _too_short(x.shape[-1])
     stft = torch.stft(
         x, WHISPER_N_FFT, WHISPER_HOP_LENGTH, window=_hann_on(WHISPER_N_FFT, x.device),
         return_complex=True,
     )
-    # |z|^2 as re^2 + im^2: same value as whisper's abs()**2 without the sqrt, ~4x faster.
     ri = torch.view_as_real(stft[..., :-1])
     power = ri[..., 0].square().add_(ri[..., 1].square())
-    log_spec = _apply_filters(power, n_mels)
+    log_spec = torch.matmul(_filters_on(n_mels, x.device), power)
     log_spec = log_spec.clamp_(min=1e-10).log10_()
     floor = log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0
     log_spec = torch.maximum(log_spec, floor)
     return log_spec.add_(4.0).div_(4.0)
 
 
+# Frames per CPU pass of log_mel_batch (their power spectra fit a scratch buffer); a longer
+# clip is one pass of its own.
+_BATCH_FRAMES = 1 << 14
+
+
 def log_mel_batch(clips: list[np.ndarray | torch.Tensor], n_mels: int = 80, *,
                   pad_or_trim: bool = False, device: str | torch.device | None = None
                   ) -> list[torch.Tensor]:
-    """Log-mel of clips of different lengths in one batched STFT (the GPU path).
+    """Log-mel of clips of different lengths, many clips per pass.
 
-    Each row is the clip, then the 200-sample reflection ``torch.stft(center=True)`` would
-    add at its end, then zeros; frames and the 8-dB clamp are taken per clip, so every
-    result equals ``log_mel_spectrogram(clip)`` (same device: within float rounding).
+    On CPU (``device`` None or "cpu") the clips' frames go through one FFT and filter
+    pass, and every result is bit-for-bit ``log_mel_spectrogram(clip)``. On an
+    accelerator it is one ragged batched STFT: each row is the clip, then the 200-sample
+    reflection ``torch.stft(center=True)`` would add at its end, then zeros; frames and
+    the 8-dB clamp are taken per clip, so each result equals the single-clip one within
+    float rounding.
 
     >>> a, b = np.ones(4000, np.float32), np.ones(6400, np.float32)
     >>> [m.shape[-1] for m in log_mel_batch([a, b])]
     [25, 40]
     """
+    _check_n_mels(n_mels)
+    if device is not None and torch.device(device).type != "cpu":
+        return _log_mel_batch_torch(clips, n_mels, pad_or_trim=pad_or_trim, device=device)
+    half = WHISPER_N_FFT // 2
+    xs = [_as_cpu_clip(c) for c in clips]
+    if pad_or_trim:
+        xs = [_pad_or_trim(c) for c in xs]
+    for c in xs:
+        if c.ndim != 1 or c.shape[0] <= half:
+            raise DataError("too_short", f"every clip must be 1-D with more than {half} "
+                            f"samples, got {tuple(c.shape)}")
+    out: list[torch.Tensor] = []
+    group: list[np.ndarray] = []
+    frames = 0
+    for c in xs + [None]:
+        n = 0 if c is None else c.shape[0] // WHISPER_HOP_LENGTH
+        if group and (c is None or frames + n > _BATCH_FRAMES):
+            out.extend(torch.from_numpy(m) for m in _log_mel_cpu(group, n_mels))
+            group, frames = [], 0
+        if c is not None:
+            group.append(c)
+            frames += n
+    return out
+
+
+def _log_mel_batch_torch(clips: list[np.ndarray | torch.Tensor], n_mels: int, *,
+                         pad_or_trim: bool, device: str | torch.device) -> list[torch.Tensor]:
+    # One ragged batched torch.stft on ``device`` (the GPU path; runs on CPU too).
     if pad_or_trim:  # every clip becomes 30 s: one rectangular batch, exactly whisper's
         rows = [torch.as_tensor(c, dtype=torch.float32)[:WHISPER_N_SAMPLES] for c in clips]
         x = torch.stack([torch.nn.functional.pad(r, (0, WHISPER_N_SAMPLES - r.shape[0]))
                          for r in rows])
-        out = log_mel_spectrogram(x.to(device) if device else x, n_mels)
-        return list(out.unbind(0))
-    if n_mels not in (80, 128):
-        raise ConfigError(f"n_mels must be 80 or 128 (whisper's filterbanks), got {n_mels!r}")
+        return list(_log_mel_torch(x.to(device), n_mels, pad_or_trim=False).unbind(0))
     half = WHISPER_N_FFT // 2
-    xs = [torch.as_tensor(c, dtype=torch.float32).to(device or "cpu") for c in clips]
+    xs = [torch.as_tensor(c, dtype=torch.float32).to(device) for c in clips]
     for c in xs:
         if c.ndim != 1 or c.shape[0] <= half:
             raise DataError("too_short", f"every clip must be 1-D with more than {half} "
@@ -279,7 +429,8 @@ def log_mel_batch(clips: list[np.ndarray | torch.Tensor], n_mels: int = 80, *,
                       window=_hann_on(WHISPER_N_FFT, rows.device), return_complex=True)
     ri = torch.view_as_real(stft)
     power = ri[..., 0].square().add_(ri[..., 1].square())
-    log_spec = _apply_filters(power, n_mels).clamp_(min=1e-10).log10_()
+    log_spec = torch.matmul(_filters_on(n_mels, rows.device), power)
+    log_spec = log_spec.clamp_(min=1e-10).log10_()
     out = []
     for i, c in enumerate(xs):
         m = log_spec[i, :, : c.shape[0] // WHISPER_HOP_LENGTH]
