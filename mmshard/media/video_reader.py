@@ -55,11 +55,14 @@ from ..errors import ConfigError, DataError, DependencyMissingError
 
 __all__ = [
     "BACKENDS",
+    "FileRange",
     "VideoFrame",
     "VideoMeta",
     "VideoReader",
     "available_backends",
     "open_video",
+    "source_bytes",
+    "source_handle",
 ]
 
 BACKENDS = ("auto", "decord", "torchcodec", "pyav", "opencv")
@@ -87,6 +90,102 @@ _SUPPORT: dict[str, frozenset[tuple[str, str]]] = {
 _CODEC_ALIAS = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx-vp9": "vp9", "libvpx": "vp8"}
 _FAMILY = {"mov": "mp4", "mp4": "mp4", "matroska": "mkv", "webm": "mkv", "avi": "avi",
            "mpeg": "mpeg-ps", "mpegts": "mpeg-ts", "vob": "mpeg-ps"}
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A video stored as ``size`` bytes at ``offset`` of a local file (a tar member of a
+    shard): a :class:`VideoReader` source that is read in place, never into memory.
+
+    Every decoder open gets its own handle (:meth:`open`), so the probe, the decoder and
+    an audio pass never share a file position; it pickles as three fields.
+
+    >>> r = FileRange("shard.tar", 1536, 12_000_000)           # doctest: +SKIP
+    >>> VideoReader(r, backend="pyav").meta.num_frames          # doctest: +SKIP
+    250
+    """
+
+    path: str
+    offset: int = 0
+    size: int = -1  # -1: to the end of the file
+
+    def __post_init__(self) -> None:
+        if self.offset < 0:
+            raise ConfigError(f"FileRange offset must be >= 0, got {self.offset}")
+        if self.size == -1:
+            object.__setattr__(self, "size", max(0, os.path.getsize(self.path) - self.offset))
+        if self.size < 0:
+            raise ConfigError(f"FileRange size must be >= 0 (or -1), got {self.size}")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def open(self) -> io.BufferedReader:
+        """A new seekable binary reader of the range (position 0 = ``offset``)."""
+        return io.BufferedReader(_RangeRaw(self.path, self.offset, self.size), 1 << 16)
+
+    def read_bytes(self) -> bytes:
+        """The whole range in memory (for code that needs bytes, e.g. a content hash)."""
+        with self.open() as f:
+            return f.read()
+
+
+class _RangeRaw(io.RawIOBase):
+    """Raw reader of ``[offset, offset + size)`` of a file, positions relative to it."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self._f = open(path, "rb", buffering=0)
+        self._lo, self._n, self._pos = offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._n)[whence]
+        self._pos = min(max(0, base + pos), self._n)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        want = min(len(b), self._n - self._pos)
+        if want <= 0:
+            return 0
+        self._f.seek(self._lo + self._pos)
+        got = self._f.readinto(memoryview(b)[:want]) or 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
+Source = str | bytes | FileRange
+
+
+def source_handle(src: Source) -> str | BinaryIO:
+    """What a decoder opens: a path as it is, bytes and ranges as file objects."""
+    if isinstance(src, str):
+        return src
+    if isinstance(src, FileRange):
+        return src.open()
+    return io.BytesIO(src)
+
+
+def source_bytes(src: Source) -> bytes:
+    """The encoded bytes of a source (reads a path or range whole: only for hashing)."""
+    if isinstance(src, bytes):
+        return src
+    if isinstance(src, FileRange):
+        return src.read_bytes()
+    with open(src, "rb") as f:
+        return f.read()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,7 +265,7 @@ def _resolve_backend(name: str) -> str:
     return name
 
 
-def _choose_backend(name: str, src: str | bytes) -> str:
+def _choose_backend(name: str, src: Source) -> str:
     """The backend that reads ``src``: ``name`` if it accepts the file's container and
     codec (else DataError ``backend_unsupported``), or for ``auto`` the first that does."""
     if importlib.util.find_spec("av") is None:  # no prober: trust the named backend
@@ -185,7 +284,11 @@ def _choose_backend(name: str, src: str | bytes) -> str:
 
 
 def _source_of(src: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
-               ) -> str | bytes:
+               ) -> Source:
+    if isinstance(src, FileRange):
+        if src.size == 0:
+            raise DataError("empty_file", f"zero-byte video at {src.path}:{src.offset}")
+        return src
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     elif isinstance(src, (str, os.PathLike)):
@@ -211,8 +314,9 @@ def _source_of(src: str | os.PathLike[str] | bytes | bytearray | memoryview | Bi
 class VideoReader:
     """Random-access and streaming reader of one video; a context manager.
 
-    ``src`` is a path, bytes or a binary file object (read once, kept as bytes).  The
-    decoder opens lazily; pickling drops it and the copy re-opens on first use.
+    ``src`` is a path, bytes, a :class:`FileRange` (read in place) or a binary file
+    object (read once, kept as bytes).  The decoder opens lazily; pickling drops it and
+    the copy re-opens on first use.
     ``fast=True`` lets the PyAV decoder skip the in-loop deblocking filter and use
     non-bit-exact shortcuts (about 1.5-2x faster on H.264): for analysis passes only,
     the pixels differ slightly from the exact decode.  ``threads=1`` decodes on one
@@ -225,7 +329,7 @@ class VideoReader:
     ...     print(f.index, f.time, f.image.shape)
     """
 
-    def __init__(self, src: str | os.PathLike[str] | bytes | BinaryIO, *,
+    def __init__(self, src: str | os.PathLike[str] | bytes | FileRange | BinaryIO, *,
                  backend: str = "auto", fast: bool = False, threads: int = 0) -> None:
         self.requested = _resolve_backend(backend)
         self.fast = fast
@@ -307,7 +411,8 @@ class VideoReader:
             pass
 
     def __repr__(self) -> str:
-        src = self._src if isinstance(self._src, str) else f"<{len(self._src)} bytes>"
+        src = self._src if isinstance(self._src, (str, FileRange)) else (
+            f"<{len(self._src)} bytes>")
         return f"VideoReader({src!r}, backend={self._chosen or self.requested!r})"
 
     # -- facts -----------------------------------------------------------------------
@@ -486,12 +591,12 @@ def _av_errors() -> tuple[type[BaseException], ...]:
     return (av.error.FFmpegError, ValueError, OSError, IndexError, EOFError)
 
 
-def _av_open(src: str | bytes):
+def _av_open(src: Source):
     """Open a container with PyAV and return (container, stream), mapping failures."""
     import av
 
     try:
-        container = av.open(src if isinstance(src, str) else io.BytesIO(src), "r")
+        container = av.open(source_handle(src), "r")
     except _av_errors() as e:
         raise DataError("undecodable_video", f"cannot open as a video container: {e}") from e
     if not container.streams.video:
@@ -564,7 +669,7 @@ class _PyAVBackend(_Backend):
     mode: frame ``i`` is the i-th frame the decoder outputs from the start, as the
     ffmpeg CLI counts, and random access decodes forward from the start."""
 
-    def __init__(self, src: str | bytes, fast: bool = False,
+    def __init__(self, src: Source, fast: bool = False,
                  facts: dict[str, Any] | None = None, threads: int = 0) -> None:
         self._container, self._stream = _av_open(src)
         st = self._stream
@@ -800,7 +905,7 @@ class _PyAVBackend(_Backend):
         self._decoder = None
 
 
-def _probe_format(src: str | bytes) -> tuple[str, str]:
+def _probe_format(src: Source) -> tuple[str, str]:
     """(container family, codec) of the first video stream (a PyAV header read)."""
     container, stream = _av_open(src)
     try:
@@ -810,7 +915,7 @@ def _probe_format(src: str | bytes) -> tuple[str, str]:
         container.close()
 
 
-def _packet_times(src: str | bytes) -> np.ndarray:
+def _packet_times(src: Source) -> np.ndarray:
     """Sorted presentation times (s, first at 0) of the video packets (demux only)."""
     container, stream = _av_open(src)
     tb = float(stream.time_base)
@@ -824,7 +929,7 @@ def _packet_times(src: str | bytes) -> np.ndarray:
     return (u - (u[0] if len(u) else 0)).astype(np.float64) * tb
 
 
-def _codec_name(src: str | bytes) -> str:
+def _codec_name(src: Source) -> str:
     """Codec of the first video stream (PyAV header read), validating the container."""
     if importlib.util.find_spec("av") is None:
         return "unknown"
@@ -836,12 +941,12 @@ class _DecordBackend(_BatchedBackend):
 
     name = "decord"
 
-    def __init__(self, src: str | bytes) -> None:
+    def __init__(self, src: Source) -> None:
         import decord
 
         codec = _codec_name(src)
         try:
-            self._vr = decord.VideoReader(src if isinstance(src, str) else io.BytesIO(src),
+            self._vr = decord.VideoReader(source_handle(src),
                                           ctx=decord.cpu(0), num_threads=1)
             n = len(self._vr)
             if n == 0:
@@ -871,17 +976,23 @@ class _OpenCVBackend(_Backend):
 
     _FORWARD = 24  # read forward instead of seeking when the target is this close
 
-    def __init__(self, src: str | bytes) -> None:
+    def __init__(self, src: Source) -> None:
         import tempfile
 
         import cv2
 
         codec = _codec_name(src)
         self._tmp: str | None = None
-        if isinstance(src, bytes):
+        if not isinstance(src, str):
+            import shutil
+
             fd, self._tmp = tempfile.mkstemp(suffix=".video")
             with os.fdopen(fd, "wb") as f:
-                f.write(src)
+                if isinstance(src, FileRange):
+                    with src.open() as r:
+                        shutil.copyfileobj(r, f, 1 << 20)
+                else:
+                    f.write(src)
             path = self._tmp
         else:
             path = src
@@ -958,12 +1069,13 @@ class _TorchCodecBackend(_BatchedBackend):
 
     name = "torchcodec"
 
-    def __init__(self, src: str | bytes) -> None:
+    def __init__(self, src: Source) -> None:
         from torchcodec.decoders import VideoDecoder
 
         codec = _codec_name(src)
         try:
-            self._dec = VideoDecoder(src, seek_mode="exact", dimension_order="NHWC",
+            self._dec = VideoDecoder(src if isinstance(src, (str, bytes)) else src.open(),
+                                     seek_mode="exact", dimension_order="NHWC",
                                      num_ffmpeg_threads=1)
             md = self._dec.metadata
             n = int(md.num_frames or 0)

@@ -16,6 +16,7 @@ from _video_media import index_frame, read_index, write_cfr, write_vfr  # noqa: 
 
 from mmshard.errors import ConfigError, DataError  # noqa: E402
 from mmshard.media.video_reader import (  # noqa: E402
+    FileRange,
     VideoReader,
     available_backends,
     open_video,
@@ -112,6 +113,31 @@ def test_sources_path_bytes_and_file_object_give_the_same_frames(cfr):
     with open(cfr, "rb") as fh:
         c = open_video(fh, "pyav").get_frames([7])
     assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_file_range_is_decoded_in_place_like_the_bytes(tmp_path, cfr, backend):
+    """A video stored inside a bigger file (a tar member) read through FileRange: the
+    same frames, times and metadata as its bytes, and pickled readers re-open it."""
+    data = cfr.read_bytes()
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\x01" * 1536 + data + b"\x02" * 700)  # other members around it
+    rng = FileRange(str(blob), 1536, len(data))
+    with open_video(data, backend) as a, open_video(rng, backend) as b:
+        assert a.meta == b.meta and np.array_equal(a.timestamps(), b.timestamps())
+        assert np.array_equal(a.get_frames([0, 44, 89]), b.get_frames([0, 44, 89]))
+        clone = pickle.loads(pickle.dumps(b))
+        assert [read_index(f.image) for f in clone.iter_frames(80)] == list(range(80, N))
+    with rng.open() as f:  # reads stop at the end of the range, seeks stay inside it
+        assert f.read() == data and f.seek(-10, 2) == len(data) - 10 and f.read(99) == data[-10:]
+
+
+def test_file_range_errors(tmp_path):
+    (tmp_path / "z").write_bytes(b"abc")
+    with pytest.raises(DataError, match="zero-byte"):
+        VideoReader(FileRange(str(tmp_path / "z"), 3))
+    with pytest.raises(ConfigError, match="offset"):
+        FileRange(str(tmp_path / "z"), -1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -206,6 +206,30 @@ def test_task_pickles_like_a_ray_task(base, tmp_path):
     assert (tmp_path / "o" / "shards" / f"{name}.tar").exists()
 
 
+def test_task_reads_videos_in_place_from_a_local_shard(base):
+    """A clips task never loads a video member into memory: it gets a FileRange into the
+    shard tar (decoded in place, so long videos stay flat), the small members as bytes."""
+    from mmshard.media.video_reader import FileRange
+    from mmshard.pipelines.clips.task import _base_samples
+    from mmshard.storage import Storage
+
+    d = open_dataset(str(base))
+    for sh in d.index.shards:
+        want = list(d.iter_shard(sh))
+        got = list(_base_samples(Storage(d.root), sh.url))
+        assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
+        for g, w in zip(got, want, strict=True):
+            assert sorted(k for k in g if not k.startswith("__")) == \
+                sorted(k for k in w if not k.startswith("__"))
+            for k, v in g.items():
+                if k.startswith("__"):
+                    continue
+                if k == "mp4":
+                    assert isinstance(v, FileRange) and v.read_bytes() == w[k]
+                else:
+                    assert v == w[k]
+
+
 def test_config_errors_list_allowed_values(base, tmp_path):
     with pytest.raises(ConfigError, match="fixed, scenes"):
         ClipsConfig(mode="shots")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from _video_media import write_ffmpeg_fixture  # noqa: E402
 from mmshard.pipelines.clips.config import ClipsConfig  # noqa: E402
 from mmshard.pipelines.clips.cut import cut_clips  # noqa: E402
 from mmshard.pipelines.clips.plan import plan_video_clips  # noqa: E402
+from mmshard.tario import iter_tar  # noqa: E402
 
 
 def _cut(data: bytes, window: float = 0.8) -> list[tuple]:
@@ -69,3 +71,48 @@ def test_clip_keeps_the_audio_of_its_span_within_one_frame(tmp_path):
     assert abs(click - vt[0]) <= 1 / 25  # A/V offset within one frame period
     # the audio covers the clip's span, no more
     assert len(x) / 48000 == pytest.approx(clip.end_time - clip.start_time, abs=0.05)
+
+
+def _with_sound(tmp_path: Path, name: str, vcodec: list[str], acodec: list[str]) -> Path:
+    """2 s of testsrc2 (128x96, 25 fps) with a 440 Hz tone, in ``name``."""
+    out = tmp_path / name
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=128x96:rate=25:duration=2", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=44100:duration=2", "-pix_fmt", "yuv420p",
+                    *vcodec, *acodec, str(out)], check=True)
+    return out
+
+
+def _published(out: Path) -> dict[str, bytes]:
+    """Every published file of a dataset but the timing-bearing stats.json."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "stats.json" and "_work" not in p.parts}
+
+
+@pytest.mark.ray
+def test_ray_and_local_executors_cut_the_same_bytes(ray_cluster, tmp_path):
+    """Clip shards, manifest and ledger of an AVI (MPEG-4 Part 2 with B-frames, MP3) and
+    an MP4 (H.264 with B-frames, AAC) are byte-identical from Ray tasks and in-process."""
+    from mmshard.pipelines.clips.job import extract_clips
+    from mmshard.pipelines.executor import LocalExecutor, RayExecutor
+    from mmshard.pipelines.ingest.job import IngestConfig, ingest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _with_sound(src, "a.avi", ["-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "3"],
+                ["-c:a", "libmp3lame", "-b:a", "64k"])
+    _with_sound(src, "h.mp4", ["-c:v", "libx264", "-bf", "3", "-g", "12", "-crf", "20"],
+                ["-c:a", "aac", "-b:a", "64k"])
+    ds = tmp_path / "ds"
+    ingest([str(src)], str(ds), IngestConfig(max_samples=1, name="av"),
+           executor=LocalExecutor(1))
+    cfg = ClipsConfig(window_s=0.8, preset="ultrafast")
+    extract_clips(str(ds), str(tmp_path / "local"), cfg, executor=LocalExecutor(1))
+    extract_clips(str(ds), str(tmp_path / "ray"), cfg, executor=RayExecutor())
+    local, ray = _published(tmp_path / "local"), _published(tmp_path / "ray")
+    assert sorted(local) == sorted(ray)
+    assert sum(k.startswith("shards/") for k in local) == 2  # one tar per source video
+    assert [k for k in local if local[k] != ray[k]] == []
+    docs = [json.loads(s["json"]) for sh in sorted(k for k in local if k.endswith(".tar"))
+            for s in iter_tar(io.BytesIO(local[sh]))]
+    assert len(docs) == 6 and all(d["audio"]["sample_rate"] == 44100 for d in docs)

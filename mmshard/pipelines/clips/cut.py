@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
+from ...media.video_reader import FileRange, source_handle
 from ...tokenizers.clips import Clip
 from ..task import av_errors
 from .config import ClipsConfig
@@ -132,10 +133,10 @@ class _ClipEncoder:
 class _Audio:
     """The source's first audio stream, decoded forward once and handed out by time."""
 
-    def __init__(self, video: bytes, t0: float) -> None:
+    def __init__(self, video: bytes | FileRange, t0: float) -> None:
         import av
 
-        self.container = av.open(io.BytesIO(video), "r")
+        self.container = av.open(source_handle(video), "r")
         self.stream = self.container.streams.audio[0]
         self.stream.thread_type = "SLICE"
         self.rate = int(self.stream.codec_context.sample_rate or self.stream.rate)
@@ -184,11 +185,11 @@ class _Audio:
         self.container.close()
 
 
-def _has_audio(video: bytes) -> bool:
+def _has_audio(video: bytes | FileRange) -> bool:
     import av
 
     try:
-        with av.open(io.BytesIO(video), "r") as c:
+        with av.open(source_handle(video), "r") as c:
             a = c.streams.audio
             return bool(a) and a[0].codec_context is not None and bool(
                 a[0].codec_context.sample_rate)
@@ -196,7 +197,7 @@ def _has_audio(video: bytes) -> bool:
         return False
 
 
-def cut_clips(video: bytes, clips: Sequence[Clip], config: ClipsConfig | None = None
+def cut_clips(video: bytes | FileRange, clips: Sequence[Clip], config: ClipsConfig | None = None
               ) -> Iterator[tuple[Clip, bytes, dict[str, Any]]]:
     """Cut ``clips`` (frame ranges of ``video``) into MP4s in one decoding pass.
 

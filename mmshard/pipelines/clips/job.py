@@ -27,7 +27,10 @@ H.264/yuv420p with the source's timestamps (VFR kept), and with one encoder thre
 output bytes depend only on the input, the settings and the libx264/FFmpeg build.
 Each clip carries the source's first audio stream cut to its span (AAC; see cut.py).
 
-Memory does not grow with a video's length: frames are decoded in order and handed to
+Memory does not grow with a video's length: on local storage a task decodes each video
+in place inside the base shard tar (a :class:`~mmshard.media.video_reader.FileRange`, never
+the video's bytes in memory; remote shards are streamed into memory one sample at a
+time), frames are decoded in order and handed to
 the encoders of the clips that contain them (at most ``ceil(window/stride)`` open at
 once); a finished clip is spooled to a temporary file, and the video's clips are copied
 into the shard only when the whole video succeeded (a video that fails half-way leaves

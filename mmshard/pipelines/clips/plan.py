@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import DataError
+from ...media.video_reader import FileRange
 from ...tokenizers.clips import Clip, FixedWindowPlanner
 from .config import ClipsConfig
 
 __all__ = ["plan_video_clips"]
 
 
-def plan_video_clips(key: str, video: bytes, config: ClipsConfig,
+def plan_video_clips(key: str, video: bytes | FileRange, config: ClipsConfig,
                      kf: dict[str, Any] | None = None) -> tuple[list[Clip], dict[str, Any]]:
     """Probe ``video`` and plan its clips: ``(clips, facts)``.
 
