@@ -118,7 +118,7 @@ def unpack(t: tuple) -> InputItem:
                      label=t[5], label_id=t[6], group=t[7], meta=t[8], size=t[9], error=t[10])
 
 
-_KEY, _SOURCE, _MEDIA, _CAPTION, _ERROR = 0, 1, 2, 4, 10
+_KEY, _SOURCE, _MEDIA, _CAPTION, _GROUP, _ERROR = 0, 1, 2, 4, 7, 10
 
 
 class _Retype(Exception):
@@ -369,16 +369,27 @@ def _key_sorted(sources: Sequence[str], opts: SourceOptions, work: str, batch_ro
     return keyed
 
 
-def _with_labels(block: list[tuple], labels: set[str]) -> list[InputItem]:
+class _View:
+    """The fields ``layout_of`` reads, over a record (no InputItem built per row)."""
+
+    __slots__ = ("media", "sidecars", "caption", "label")
+
+    def __init__(self, rec: tuple) -> None:
+        self.media, self.sidecars, self.caption, self.label = rec[2], rec[3], rec[4], rec[5]
+
+
+def _with_labels(block: list[tuple], labels: set[str]) -> list[tuple]:
     """``.cls`` sidecars read and blank labels dropped, as ``assign_label_ids`` does."""
-    items = read_cls_sidecars([unpack(r) for r in block])
+    if any(e == "cls" for rec in block for e, _ in rec[3]):
+        block = [pack(it) for it in read_cls_sidecars([unpack(r) for r in block])]
     out = []
-    for it in items:
-        if it.label is not None and not it.label.strip():
-            it = replace(it, label=None)  # an empty manifest cell: no label
-        if it.label is not None and not it.error:
-            labels.add(it.label)
-        out.append(it)
+    for rec in block:
+        label = rec[5]
+        if label is not None and not label.strip():
+            rec = (*rec[:5], None, *rec[6:])  # an empty manifest cell: no label
+        elif label is not None and not rec[_ERROR]:
+            labels.add(label)
+        out.append(rec)
     return out
 
 
@@ -401,11 +412,14 @@ def plan_inputs(sources: Sequence[str], config: IngestConfig, work: str, *,
     dups = _DupCheck()
     block: list[tuple] = []
 
+    one_split = len(config.splits) == 1  # assign_split's answer, without the hash
+
     def flush() -> None:
-        for it in _with_labels(block, labels):
-            split = assign_split(it.group or it.key, config.splits, config.split_seed)
-            laid.add((split_ix[split], layout_of(it, config.image, config.audio), it.key),
-                     pack(it))
+        for rec in _with_labels(block, labels):
+            split = 0 if one_split else split_ix[assign_split(
+                rec[_GROUP] or rec[_KEY], config.splits, config.split_seed)]
+            laid.add((split, layout_of(_View(rec), config.image, config.audio), rec[_KEY]),
+                     rec)
         block.clear()
 
     for was_renamed, k, rec in _separated(keyed.items()):

@@ -397,24 +397,28 @@ def manifest_row(row: dict[str, Any], i: int, mc: ManifestColumns, opts: SourceO
     """Row ``i`` (a dict of column values) of a manifest as an input (its key not yet
     checked: see :func:`bad_key`)."""
     src, root = mc.src, mc.root
-    media, error, size, ident = [], None, 0, None
+    root_url = is_url(root)
+    media, error, size, ident, ident_url, parts = [], None, 0, None, False, None
     for c in mc.path_cols:
         p = row.get(c)
         if p is None or str(p) == "":
             continue
         p = str(p)
-        full, err = (urljoin_root(p, root, opts) if is_url(root) else _resolve(p, root, opts))
+        full, err = (urljoin_root(p, root, opts) if root_url else _resolve(p, root, opts))
         error = error or err
-        name = urlsplit(full).path if is_url(full) else full
+        url = is_url(full)
+        split = urlsplit(full) if url else None
+        name = split.path if split is not None else full
         fld = media_field(_split_name(name.rsplit("/", 1)[-1])[1]) or "auto"
-        if fld in [f for f, _ in media]:
+        if media and fld in [f for f, _ in media]:
             fld = f"{c}.{fld}" if re.match(r"^[a-z0-9_]+$", c) else fld
         media.append((fld, full))
-        if not is_url(full) and err is None:
+        if not url and err is None:
             size += _size(full)
         if ident is None:
-            ident = full if is_url(full) else os.path.relpath(full, root)
-    ident_stem = _stem_identity(ident) if media else None
+            ident, ident_url, parts = (full, True, split) if url else \
+                (os.path.relpath(full, root), False, None)
+    ident_stem = _stem_identity(ident, parts) if media else None
     if not media:
         media, ident = [("auto", "")], f"{os.path.basename(src)}#row{i}"
         ident_stem = ident  # no file name to take a stem of
@@ -428,7 +432,7 @@ def manifest_row(row: dict[str, Any], i: int, mc: ManifestColumns, opts: SourceO
         _group_for(ident or "", key, opts)
     meta = {c: _jsonable(row[c]) for c in mc.meta_cols if row.get(c) is not None}
     return InputItem(
-        key=key, source=ident if is_url(ident or "") else os.path.join(root, ident or ""),
+        key=key, source=ident if ident_url else os.path.join(root, ident or ""),
         media=tuple(media), caption=None if not cap_col or row.get(cap_col) is None
         else str(row[cap_col]),
         label=None if not lab_col or row.get(lab_col) is None else str(row[lab_col]),
@@ -471,9 +475,12 @@ def urljoin_root(p: str, root: str, opts: SourceOptions
     return posixpath.join(root, p), None
 
 
-def _stem_identity(ident: str) -> str:
-    if is_url(ident):
-        u = urlsplit(ident)
+def _stem_identity(ident: str, parts: Any = None) -> str:
+    """The identity a key is made from: the URL without extension (host, path, a hash
+    of the query), or the relative path's stem.  ``parts``: ``urlsplit(ident)``, when
+    the caller has it."""
+    if parts is not None or is_url(ident):
+        u = parts if parts is not None else urlsplit(ident)
         stem = _split_name(u.path)[0] if "." in u.path.rsplit("/", 1)[-1] else u.path
         base = f"{u.netloc}{stem}"
         return base + (f"_{hash_key(u.query)}" if u.query else "")
