@@ -47,6 +47,7 @@ stored as ``kf.000.jpg``, ``kf.001.jpg`` ...
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 from collections.abc import Iterable
@@ -184,20 +185,144 @@ class _Scene:
         self.motion_sum, self.motion_n = 0.0, 0
 
 
-class _Ring:
-    """The last ``n`` analysed frames: index -> (hsv, grey, image)."""
+_BATCH = 32  # frames whose features are computed in one vectorised step
 
-    def __init__(self, n: int) -> None:
-        self.items: collections.OrderedDict[int, tuple[Any, ...]] = collections.OrderedDict()
-        self.n = n
 
-    def add(self, t: int, item: tuple[Any, ...]) -> None:
-        self.items[t] = item
-        while len(self.items) > self.n:
-            self.items.popitem(last=False)
+def _hsv_batch(imgs: np.ndarray) -> np.ndarray:
+    """HSV of a stack of small RGB frames ``[B, h, w, 3]`` in one OpenCV call."""
+    b, h, w, _ = imgs.shape
+    return _hsv(np.ascontiguousarray(imgs).reshape(b * h, w, 3)).reshape(b, h, w, 3)
 
-    def get(self, t: int) -> tuple[Any, ...] | None:
-        return self.items.get(t)
+
+def _hist_batch(imgs: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Normalised ``bins**3`` RGB histograms of ``[B, h, w, 3]`` frames, ``[B, bins**3]``
+    (the bins of ``cv2.calcHist`` over ``[0, 256)`` per channel)."""
+    b = len(imgs)
+    q = (imgs >> (8 - int(np.log2(bins)))).astype(np.int32)
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    idx = idx.reshape(b, -1) + (np.arange(b, dtype=np.int32) * bins ** 3)[:, None]
+    h = np.bincount(idx.ravel(), minlength=b * bins ** 3).reshape(b, bins ** 3)
+    return h / np.maximum(h.sum(1, keepdims=True), 1.0)
+
+
+def _scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`content_score` of frame pairs ``a[i], b[i]`` (``[B, h, w, 3]`` HSV)."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])
+    return d.reshape(len(d), -1).mean(1) / 255.0
+
+
+def _chi2s(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`hist_chi2` of histogram pairs ``a[i], b[i]``."""
+    s = a + b
+    m = s > 0
+    return 0.5 * np.where(m, (a - b) ** 2 / np.where(m, s, 1.0), 0.0).sum(1)
+
+
+class _Features:
+    """Per-frame features of an in-order frame stream, a batch at a time (numpy):
+    ``score``/``chi`` against the previous frame, and for the dissolve test at frame
+    ``t`` (middle ``t - K``, first ``t - 2K``) ``dk`` (content score of ``t`` against
+    ``t - 2K``), ``span`` (mean luma change between them) and ``resid`` (mean distance of
+    the middle frame from their average); NaN where the earlier frame does not exist.
+    The last ``2K`` frames are carried between batches, so memory is bounded."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.tail_hsv: np.ndarray | None = None
+        self.tail_hist: np.ndarray | None = None
+
+    def push(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
+        k, b = self.k, len(imgs)
+        hsv, hist = _hsv_batch(imgs), _hist_batch(imgs)
+        allh = hsv if self.tail_hsv is None else np.concatenate([self.tail_hsv, hsv])
+        allq = hist if self.tail_hist is None else np.concatenate([self.tail_hist, hist])
+        off = len(allh) - b  # position of this batch's first frame in allh
+        pos = np.arange(off, off + b)
+        out = {name: np.full(b, np.nan) for name in ("score", "chi", "dk", "span", "resid")}
+        p = pos[pos >= 1]
+        if len(p):
+            out["score"][p - off] = _scores(allh[p], allh[p - 1])
+            q = p - off + len(allq) - b  # the histograms carry one frame, not 2K
+            out["chi"][p - off] = _chi2s(allq[q], allq[q - 1])
+        p = pos[pos >= 2 * k]
+        if len(p):
+            out["dk"][p - off] = _scores(allh[p], allh[p - 2 * k])
+            a = allh[p - 2 * k, ..., 2].astype(np.float32)
+            z = allh[p, ..., 2].astype(np.float32)
+            c = allh[p - k, ..., 2].astype(np.float32)
+            out["span"][p - off] = np.abs(z - a).reshape(len(p), -1).mean(1)
+            out["resid"][p - off] = np.abs(c - (a + z) / 2).reshape(len(p), -1).mean(1)
+        out["grey"] = allh[..., 2]  # luma of [tail + batch] for flow gating
+        out["grey_off"] = np.array(off)
+        self.tail_hsv, self.tail_hist = allh[-2 * k:], allq[-1:]
+        return out
+
+
+class _State:
+    """The running decisions of one pass: scenes, the recent scores (sorted copy for the
+    adaptive median), the open dissolve run, the last cut-like change."""
+
+    def __init__(self) -> None:
+        self.scenes: list[_Scene] = []
+        self.recent: collections.deque[float] = collections.deque()
+        self.sorted: list[float] = []
+        self.run: list[Any] | None = None  # [start_c, end_c, best_c, best_score]
+        self.last_jump = -1  # last frame with a single-step change above min_score
+        self._fl: tuple[int, int] | None = None
+
+    def push_score(self, score: float, window: int) -> None:
+        self.recent.append(score)
+        bisect.insort(self.sorted, score)
+        if len(self.recent) > window:
+            old = self.recent.popleft()
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+
+    def threshold(self, c: KeyframesConfig) -> float:
+        """``min_score`` (fixed), or ``adaptive_ratio`` x the median of the recent
+        scores, clipped to ``[min_score, max_score]``."""
+        n = len(self.sorted)
+        if c.threshold == "fixed" or n < 3:
+            return c.min_score
+        med = self.sorted[n // 2] if n % 2 else (self.sorted[n // 2 - 1] + self.sorted[n // 2]) / 2
+        return min(c.max_score, max(c.min_score, c.adaptive_ratio * med))
+
+    def fl_wh(self, flow_width: int, w0: int, h0: int) -> tuple[int, int]:
+        if self._fl is None:
+            fw = min(flow_width, w0)
+            self._fl = (fw, _even(fw * h0 / w0))
+        return self._fl
+
+
+class _Keeper:
+    """Keeps the keyframe thumbnails while the frames stream by: the last ``n`` frame
+    handles, and a JPEG of each frame that will be a keyframe (``grab(handle)``)."""
+
+    def __init__(self, n: int, offset: int, grab: Any) -> None:
+        self.ring: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self.n, self.offset, self.grab = n, offset, grab
+        self.kept: dict[int, bytes] = {}
+
+    def add(self, t: int, handle: Any, scenes: list[_Scene]) -> None:
+        self.ring[t] = handle
+        while len(self.ring) > self.n:
+            self.ring.popitem(last=False)
+        for j in range(max(0, len(scenes) - 3), len(scenes)):
+            want = scenes[j].start + self.offset
+            if j + 1 < len(scenes):
+                want = min(want, scenes[j + 1].start - 1)
+            self.take(want, t)
+
+    def take(self, want: int, t: int) -> None:
+        if want <= t and want not in self.kept and want in self.ring:
+            self.kept[want] = self.grab(self.ring[want])
+
+    def flush(self, scenes: list[_Scene]) -> None:
+        """At the end: keep what the final scene list needs that the ring still has."""
+        t = max(self.ring) if self.ring else -1
+        for j, sc in enumerate(scenes):
+            end = scenes[j + 1].start if j + 1 < len(scenes) else t + 1
+            self.take(min(sc.start + self.offset, end - 1), t)
 
 
 @TOKENIZERS.register("keyframes")
@@ -242,164 +367,198 @@ class KeyframeDetector:
                ) -> tuple[dict[str, Any], list[bytes]]:
         """Detect scenes in a video and return ``(kf_dict, thumbnails)``.
 
-        With ``backend="auto"`` the analysis pass streams ``analysis_width`` frames
-        from PyAV's fast decode (:class:`VideoReader` ``fast=True``, ``analysis=True``);
-        thumbnails are decoded exactly afterwards, for the keyframes only.
+        With ``backend="auto"`` or ``"pyav"`` the video is decoded once, in order
+        (:class:`~mmshard.media.video_scan.VideoScan`: no frame index built, no seek,
+        small frames taken from the YUV planes), and the keyframe thumbnails are taken
+        from that same pass; other backends stream ``analysis_width`` frames from
+        :class:`VideoReader` and decode the thumbnails afterwards.
         Raises :class:`~mmshard.errors.DataError` for undecodable input.
         """
         c = self.config
         own = not isinstance(src, VideoReader)
-        pyav = "pyav" in available_backends()
-        if own:
-            backend = "pyav" if c.backend == "auto" and pyav else c.backend
-            reader = VideoReader(src, backend=backend)  # type: ignore[arg-type]
-        else:
-            reader = src  # type: ignore[assignment]
-        stream = reader
+        requested = c.backend if own else src.requested  # type: ignore[union-attr]
+        if requested in ("auto", "pyav") and "pyav" in available_backends():
+            return self._detect_scan(src)
+        reader = VideoReader(src, backend=c.backend) if own else src  # type: ignore[arg-type]
         try:
             meta = reader.meta
-            if pyav and (c.backend if own else reader.requested) == "auto":
-                # the analysis pass streams small frames from PyAV's fast decode (no
-                # deblocking, planes shrunk before conversion); the exact reader is kept
-                # for the thumbnails
-                stream = reader.with_backend("pyav", fast=True)
             if c.method == "transnetv2":
-                from .transnet import transnet_cuts
-
-                if self._net is None:
-                    from .transnet import load_transnet
-
-                    self._net = load_transnet(c.device)
-                cuts, n = transnet_cuts(self._net, stream, c.transnet_threshold)
-                scenes = [_Scene(0, "start", 0.0)]
-                for t, p in cuts:
-                    if t - scenes[-1].start >= c.min_scene_len:
-                        scenes.append(_Scene(t, "cut", round(p, 6)))
+                scenes, n = self._transnet(reader)
             else:
                 aw = min(c.analysis_width, meta.width)
                 an_wh = (_even(aw), _even(aw * meta.height / meta.width))
-                frames = stream.iter_frames(size=an_wh, analysis=True)
-                scenes, n, _ = self._analyse(frames, keep=False)
-            return self._finish(reader, scenes, n, meta)
+                frames = ((f.index, f.image, None)
+                          for f in reader.iter_frames(size=an_wh, analysis=True))
+                scenes, n = self._analyse(frames, None)
+            ts = reader.timestamps()
+            n = min(n, len(ts)) if n else len(ts)
+            kfs = self._keyframe_frames(scenes, n)
+            thumb_wh = self._thumb_wh(meta.width, meta.height)
+            thumbs = [self._jpeg(img, thumb_wh) for img in reader.get_frames(kfs)
+                      ] if kfs else []
+            return self._result(scenes, n, ts, meta.duration, meta.fps, meta.width,
+                                meta.height, kfs, thumbs)
         finally:
-            if stream is not reader:
-                stream.close()
             if own:
                 reader.close()
+
+    def _detect_scan(self, src: Any) -> tuple[dict[str, Any], list[bytes]]:
+        """``detect`` over one sequential PyAV pass; thumbnails from the same frames."""
+        from ..media.video_scan import VideoScan
+
+        c = self.config
+        source = src._src if isinstance(src, VideoReader) else src
+        if c.method == "transnetv2":
+            from .transnet import SIZE
+
+            scan = VideoScan(source, size=SIZE, threads=0)
+        else:
+            scan = VideoScan(source, width=c.analysis_width)
+        thumb_wh = self._thumb_wh(*scan.frame_size)
+        keeper = _Keeper(2 * c.gradual_window + 2, c.keyframe_offset, lambda fr: self._jpeg(
+            fr.to_ndarray(format="rgb24"), thumb_wh))
+        try:
+            if c.method == "transnetv2":
+                scenes, n = self._transnet(scan)  # thumbnails decoded afterwards
+            else:
+                scenes, n = self._analyse(((f.index, f.image, f.frame) for f in scan), keeper)
+        finally:
+            scan.close()
+        meta, ts = scan.meta, scan.timestamps()
+        n = min(n, len(ts))
+        kfs = self._keyframe_frames(scenes, n)
+        missing = sorted({i for i in kfs if i not in keeper.kept})
+        if missing:  # a keyframe that left the ring before it was known: decode it
+            with VideoReader(source, backend="pyav") as vr:
+                for i, img in zip(missing, vr.get_frames(missing)):
+                    keeper.kept[i] = self._jpeg(img, thumb_wh)
+        thumbs = [keeper.kept[i] for i in kfs]
+        return self._result(scenes, n, ts, meta.duration, meta.fps, meta.width, meta.height,
+                            kfs, thumbs)
+
+    def _transnet(self, frames: Any) -> tuple[list[_Scene], int]:
+        """Scenes from TransNetV2's cut probabilities (loaded once per detector)."""
+        from .transnet import load_transnet, transnet_cuts
+
+        c = self.config
+        if self._net is None:
+            self._net = load_transnet(c.device)
+        cuts, n = transnet_cuts(self._net, frames, c.transnet_threshold)
+        scenes = [_Scene(0, "start", 0.0)]
+        for t, p in cuts:
+            if t - scenes[-1].start >= c.min_scene_len:
+                scenes.append(_Scene(t, "cut", round(p, 6)))
+        return scenes, n
+
+    def _thumb_wh(self, width: int, height: int) -> tuple[int, int]:
+        scale = min(1.0, self.config.thumb_size / max(width, height))
+        return _even(width * scale), _even(height * scale)
 
     def detect_frames(self, frames: Iterable[VideoFrame], *, fps: float, width: int,
                       height: int, thumb_wh: tuple[int, int] | None = None,
                       timestamps: np.ndarray | None = None
                       ) -> tuple[dict[str, Any], list[bytes]]:
-        """The streaming core over any in-order iterable of RGB :class:`VideoFrame`;
-        ``width``/``height``/``fps`` are the source facts recorded.  Thumbnails are the
-        frames as given, or resized to ``thumb_wh`` when that is set."""
-        scenes, n, kf_frames = self._analyse(frames, keep=True)
+        """The streaming core over an in-order iterable of consecutive RGB
+        :class:`VideoFrame`; ``width``/``height``/``fps`` are the source facts recorded.
+        Thumbnails are the frames as given, or resized to ``thumb_wh`` when that is set."""
+        c = self.config
+        keeper = _Keeper(2 * c.gradual_window + 2, c.keyframe_offset,
+                         lambda img: self._jpeg(img, thumb_wh))
+        an: tuple[int, int] | None = None
+
+        def small(img: np.ndarray) -> np.ndarray:
+            import cv2
+
+            nonlocal an
+            if an is None:
+                h0, w0 = img.shape[:2]
+                aw = min(c.analysis_width, w0)
+                an = (aw, _even(aw * h0 / w0))
+            return img if (img.shape[1], img.shape[0]) == an else cv2.resize(
+                img, an, interpolation=cv2.INTER_AREA)
+
+        scenes, n = self._analyse(((f.index, small(f.image), f.image) for f in frames), keeper)
         ts = timestamps if timestamps is not None else (
             np.arange(n, dtype=np.float64) / fps if fps > 0 else np.zeros(n))
         kfs = self._keyframe_frames(scenes, n)
-        thumbs = [self._jpeg(kf_frames[i], thumb_wh) for i in kfs]
+        thumbs = [keeper.kept[i] for i in kfs]
         step = float(np.median(np.diff(ts))) if n > 1 else (1.0 / fps if fps > 0 else 0.0)
         return self._result(scenes, n, ts, float(ts[-1] + step) if n else 0.0, fps, width,
                             height, kfs, thumbs)
 
     # -- analysis --------------------------------------------------------------------
-    def _analyse(self, frames: Iterable[VideoFrame], *, keep: bool
-                 ) -> tuple[list[_Scene], int, dict[int, np.ndarray]]:
-        """One streaming pass: scenes, frame count, and (``keep``) the keyframe images."""
-        import cv2
+    def _analyse(self, items: Iterable[tuple[int, np.ndarray, Any]],
+                 keeper: _Keeper | None) -> tuple[list[_Scene], int]:
+        """One streaming pass over ``(index, small RGB image, handle)``: features a batch
+        at a time (numpy), then the cut / dissolve decisions frame by frame."""
+        c = self.config
+        feats = _Features(c.gradual_window)
+        state = _State()
+        batch: list[tuple[int, np.ndarray, Any]] = []
+        t = -1
+        for item in items:
+            batch.append(item)
+            t = item[0]
+            if len(batch) == _BATCH:
+                self._decide(batch, feats.push(np.stack([b[1] for b in batch])), state,
+                             keeper)
+                batch = []
+        if batch:
+            self._decide(batch, feats.push(np.stack([b[1] for b in batch])), state, keeper)
+        if state.run is not None:
+            self._close_run(state.run, state.scenes)
+        if keeper is not None:
+            keeper.flush(state.scenes)
+        return state.scenes, t + 1
 
+    def _decide(self, batch: list[tuple[int, np.ndarray, Any]], f: dict[str, np.ndarray],
+                st: _State, keeper: _Keeper | None) -> None:
+        """The per-frame decisions for one batch of precomputed features."""
         c = self.config
         k = c.gradual_window
-        ring = _Ring(2 * k + 2)
-        recent: collections.deque[float] = collections.deque(maxlen=c.adaptive_window)
-        scenes: list[_Scene] = []
-        kept: dict[int, np.ndarray] = {}
-        run: list[Any] | None = None  # [start_c, end_c, best_c, best_score]
-        last_jump = -1  # last frame with a single-step change above min_score
-        an_wh: tuple[int, int] | None = None
-        fl_wh: tuple[int, int] | None = None
-        t = -1
-        for f in frames:
-            t, img = f.index, f.image
-            if an_wh is None:
-                h0, w0 = img.shape[:2]
-                aw = min(c.analysis_width, w0)
-                an_wh = (aw, _even(aw * h0 / w0))
-                fw = min(c.flow_width, w0)
-                fl_wh = (fw, _even(fw * h0 / w0))
-            small = img if (img.shape[1], img.shape[0]) == an_wh else cv2.resize(
-                img, an_wh, interpolation=cv2.INTER_AREA)
-            hsv = _hsv(small)
-            grey = hsv[..., 2]
-            hist = _hist(small)
-            prev = ring.get(t - 1)
+        scenes = st.scenes
+        score_a, chi_a = f["score"].tolist(), f["chi"].tolist()
+        dk_a, span_a, resid_a = f["dk"].tolist(), f["span"].tolist(), f["resid"].tolist()
+        grey, goff = f["grey"], int(f["grey_off"])
+        for b, (t, _, handle) in enumerate(batch):
             motion = 0.0
+            score = score_a[b]
             if not scenes:
                 scenes.append(_Scene(t, "start", 0.0))
-            elif prev is not None:
-                score = content_score(hsv, prev[0])
-                chi = hist_chi2(hist, prev[3])
+            elif score == score:  # not NaN: there is a previous frame
+                chi = chi_a[b]
                 flow = None
                 if c.use_flow:
-                    flow, motion = self._flow(prev[1], grey, fl_wh)
-                thr = self._threshold(recent)
-                recent.append(score)
+                    flow, motion = self._flow(grey[goff + b - 1], grey[goff + b], st.fl_wh(
+                        c.flow_width, grey.shape[2], grey.shape[1]))
+                thr = st.threshold(c)
+                st.push_score(score, c.adaptive_window)
                 if score > thr or chi > c.hist_threshold:  # a cut-like change
-                    last_jump = t
+                    st.last_jump = t
                 palette = chi > c.hist_threshold  # the whole palette changed: a cut
                 if (palette or score > thr) and t - scenes[-1].start >= c.min_scene_len and (
                         palette or not (c.use_flow and self._explained_by_motion(
-                            prev[1], grey, flow))):
-                    if run is not None:
-                        self._close_run(run, scenes)
-                        run = None
+                            grey[goff + b - 1], grey[goff + b], flow))):
+                    if st.run is not None:
+                        self._close_run(st.run, scenes)
+                        st.run = None
                     scenes.append(_Scene(t, "cut", round(max(score, chi), 6)))
                 elif c.gradual:
-                    run = self._gradual_step(t, ring, hsv, grey, last_jump, run, scenes)
+                    first = t - 2 * k
+                    dk = dk_a[b]
+                    hit = (dk == dk and st.last_jump < first and first >= scenes[-1].start
+                           and dk > c.gradual_threshold and span_a[b] > 0
+                           and resid_a[b] < c.gradual_linearity * span_a[b])
+                    st.run = self._gradual_step(t - k, hit, dk, st.run, scenes)
             sc = scenes[-1]
             sc.motion_sum += motion
             sc.motion_n += 1
-            ring.add(t, (hsv, grey, img if keep else None, hist))
-            if keep:
-                self._keep_keyframes(scenes, ring, kept, t)
-        if run is not None:
-            self._close_run(run, scenes)
-        n = t + 1
-        if keep:
-            for i in self._keyframe_frames(scenes, n):
-                if i not in kept and ring.get(i) is not None:
-                    kept[i] = ring.get(i)[2]  # type: ignore[index]
-        return scenes, n, kept
+            if keeper is not None:
+                keeper.add(t, handle, scenes)
 
-    def _keep_keyframes(self, scenes: list[_Scene], ring: _Ring,
-                        kept: dict[int, np.ndarray], t: int) -> None:
-        """Keep the images the keyframes will need while they are still in the ring."""
-        off = self.config.keyframe_offset
-        for j in range(max(0, len(scenes) - 3), len(scenes)):
-            want = scenes[j].start + off
-            if j + 1 < len(scenes):
-                want = min(want, scenes[j + 1].start - 1)
-            if want <= t and want not in kept and ring.get(want) is not None:
-                kept[want] = ring.get(want)[2]  # type: ignore[index]
-
-    def _gradual_step(self, t: int, ring: _Ring, hsv: np.ndarray, grey: np.ndarray,
-                      last_jump: int, run: list[Any] | None, scenes: list[_Scene]
-                      ) -> list[Any] | None:
-        """Test frame ``t - K`` as the middle of a dissolve; grow or close the run."""
-        c = self.config
-        k = c.gradual_window
-        mid, first = t - k, t - 2 * k
-        old, centre = ring.get(first), ring.get(mid)
-        hit = False
-        if (old is not None and centre is not None and last_jump < first
-                and first >= scenes[-1].start):
-            dk = content_score(hsv, old[0])
-            if dk > c.gradual_threshold:
-                a, b = old[1].astype(np.float32), grey.astype(np.float32)
-                span = float(np.abs(b - a).mean())
-                resid = float(np.abs(centre[1].astype(np.float32) - (a + b) / 2).mean())
-                hit = span > 0 and resid < c.gradual_linearity * span
+    def _gradual_step(self, mid: int, hit: bool, dk: float, run: list[Any] | None,
+                      scenes: list[_Scene]) -> list[Any] | None:
+        """Grow the dissolve run with frame ``mid`` (a linear-mix middle) or close it."""
         if hit:
             if run is None:
                 return [mid, mid, mid, dk]
@@ -450,13 +609,6 @@ class KeyframeDetector:
         resid = float(np.abs(b - warped).mean())
         return raw > 0 and resid < self.config.flow_gate * raw
 
-    def _threshold(self, recent: collections.deque[float]) -> float:
-        c = self.config
-        if c.threshold == "fixed" or len(recent) < 3:
-            return c.min_score
-        med = float(np.median(np.fromiter(recent, np.float64, len(recent))))
-        return min(c.max_score, max(c.min_score, c.adaptive_ratio * med))
-
     # -- output ----------------------------------------------------------------------
     def _keyframe_frames(self, scenes: list[_Scene], n: int) -> list[int]:
         """One keyframe per scene (``keyframe_offset`` in, or its last frame), capped."""
@@ -469,19 +621,6 @@ class KeyframeDetector:
             pick = np.floor(np.arange(c.max_keyframes) * len(out) / c.max_keyframes)
             out = [out[int(j)] for j in pick]
         return out
-
-    def _finish(self, reader: VideoReader, scenes: list[_Scene], n: int, meta: Any
-                ) -> tuple[dict[str, Any], list[bytes]]:
-        """Times from the reader, thumbnails decoded for the keyframes only."""
-        c = self.config
-        ts = reader.timestamps()
-        n = min(n, len(ts)) if n else len(ts)
-        scale = min(1.0, c.thumb_size / max(meta.width, meta.height))
-        thumb_wh = (_even(meta.width * scale), _even(meta.height * scale))
-        kfs = self._keyframe_frames(scenes, n)
-        thumbs = [self._jpeg(img, thumb_wh) for img in reader.get_frames(kfs)] if kfs else []
-        return self._result(scenes, n, ts, meta.duration, meta.fps, meta.width, meta.height,
-                            kfs, thumbs)
 
     def _jpeg(self, img: np.ndarray, wh: tuple[int, int] | None = None) -> bytes:
         import cv2

@@ -109,7 +109,8 @@ def _windows(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 def transnet_cuts(net: Any, reader: Any, threshold: float = 0.5, batch: int = 8
                   ) -> tuple[list[tuple[int, float]], int]:
     """``([(first frame of a new shot, probability), ...], num_frames)`` for a
-    :class:`~mmshard.media.video_reader.VideoReader`.
+    :class:`~mmshard.media.video_reader.VideoReader`, or any iterable of frames with
+    an ``image`` at :data:`SIZE` (a :class:`~mmshard.media.video_scan.VideoScan`).
 
     A shot starts after each run of frames whose probability exceeds ``threshold``
     (the reference ``predictions_to_scenes``)."""
@@ -117,9 +118,11 @@ def transnet_cuts(net: Any, reader: Any, threshold: float = 0.5, batch: int = 8
 
     dev = next(net.parameters()).device
     count = [0]
+    stream = reader.iter_frames(size=SIZE, analysis=True) if hasattr(
+        reader, "iter_frames") else reader
 
     def frames() -> Iterator[np.ndarray]:
-        for f in reader.iter_frames(size=SIZE, analysis=True):
+        for f in stream:
             count[0] += 1
             yield f.image
 
