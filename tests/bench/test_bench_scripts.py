@@ -18,6 +18,7 @@ def _load(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
         spec.loader.exec_module(mod)
         return mod
     finally:
@@ -65,4 +66,61 @@ def test_all_collects_ratio_keys_from_any_result_shape():
                                            {"fraction_of_disk": 0.1}]})
     assert got == {"summary.ratio_mmshard_over_peer": 2.4, "runs.0.speedup_vs_whisper": 1.6,
                    "runs.1.fraction_of_disk": 0.1}
-    assert set(allmod.SCRIPTS) >= {"ingest", "audio", "loader", "mine", "video", "vq"}
+    assert set(allmod.RUNS) == {"ingest", "audio", "loader", "mine"}
+    assert set(allmod.EXTRA) >= {"video", "vq"}
+
+
+def _results_like_the_scripts() -> dict:
+    """The shapes bench/ingest.py, loader.py, mine.py and audio.py write (trimmed)."""
+    ingest = {"sets": {"real": {"runs": [
+        {"name": "mmshard-local", "task": "resize256_q95", "images_s": 200.0},
+        {"name": "img2dataset", "task": "resize256_q95", "images_s": 100.0},
+        {"name": "mmshard-ray", "task": "resize256_q95", "images_s": 150.0},
+        {"name": "mmshard-ray", "task": "repack", "images_s": 900.0}]}}}
+    loader = {"results": [
+        {"set": "synthetic", "tool": "mmshard", "mode": "decode", "samples_per_s": 999.0},
+        {"set": "real", "tool": "mmshard", "mode": "decode", "samples_per_s": 300.0},
+        {"set": "real", "tool": "mmshard", "mode": "raw", "samples_per_s": 5000.0},
+        {"set": "real", "tool": "webdataset", "mode": "decode", "samples_per_s": 100.0}]}
+    mine = {"sets": {"real": {
+        "rows": [{"method": "mmshard_exact", "status": "ok", "wall_s": 5.0},
+                 {"method": "st_mine_hard_negatives", "status": "ok", "wall_s": 20.0}],
+        "summary": {"neg_overlap_mmshard_vs_st": 0.998}}}}
+    audio = {"set": "real", "results": {
+        "mmshard/80": {"impl": "mmshard", "n_mels": 80, "ms_per_clip": 1.0},
+        "whisper/80": {"impl": "whisper", "n_mels": 80, "ms_per_clip": 2.5}}}
+    return {"ingest": ingest, "loader": loader, "mine": mine, "audio": audio}
+
+
+def test_all_work_table_reads_each_scripts_result_and_judges_the_goal():
+    allmod = _load("all")
+    rows = {(r["run"], r["work"].split(",")[-1].strip()): r
+            for r in allmod.work_rows(_results_like_the_scripts())}
+    ray = next(r for (run, _), r in rows.items() if run == "ingest" and "Ray" in r["work"])
+    local = next(r for (run, _), r in rows.items() if run == "ingest" and "local" in r["work"])
+    assert (ray["mmshard"], ray["peer"], ray["ratio"], ray["met"]) == (150.0, 100.0, 1.5, "no")
+    assert (local["ratio"], local["met"]) == (2.0, "yes")  # the repack run is not ingest
+    loader = next(r for (run, _), r in rows.items() if run == "loader")
+    assert (loader["ratio"], loader["goal"], loader["met"]) == (3.0, ">= 1.5x", "yes")
+    mine = next(r for (run, _), r in rows.items() if run == "mine")
+    assert mine["ratio"] == 4.0 and mine["identical"] is False
+    assert mine["met"] == "no"  # fast enough, but the sets differ
+    mel = [r for (run, _), r in rows.items() if run == "audio"]
+    assert [(r["ratio"], r["met"]) for r in mel] == [(2.5, "yes"), (None, "n/a")]
+    assert "missing" in mel[1]["note"]  # no 128-bin numbers in this result
+
+
+def test_all_table_from_saved_results_runs_nothing(tmp_path, capsys):
+    allmod = _load("all")
+    for run, res in _results_like_the_scripts().items():
+        (tmp_path / allmod.RUNS[run].result).write_text(json.dumps(res))
+    (tmp_path / allmod.RUNS["audio"].result).unlink()
+    out = tmp_path / "all.json"
+    assert allmod.main(["--from-results", str(tmp_path), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["runs"] == [] and len(got["work"]) == len(allmod.WORK)
+    by_run = {r["run"]: r for r in got["work"]}
+    assert by_run["mine"]["ratio"] == 4.0 and "not found" in by_run["audio"]["note"]
+    printed = capsys.readouterr().out
+    for col in ("work", "mmshard", "peer", "ratio", "goal", "met?"):
+        assert col in printed

@@ -57,7 +57,10 @@ class EpochPlanner:
             raise ConfigError("several datasets need a Mixing (weights)")
         if self.keep is None:
             self.keep = [None] * len(self.counts)
+        # plans of ONE epoch (every rank/world size/segment asked for): an epoch's plan is
+        # 9 bytes per sample, so keeping older epochs would grow with dataset x epochs
         self._cache: dict[tuple, list] = {}
+        self._cache_epoch: int | None = None
 
     def kept(self, d: int) -> int:
         """Samples of dataset ``d`` left after the filter."""
@@ -105,8 +108,9 @@ class EpochPlanner:
     def _segment_plans(self, *, epoch: int, world_size: int, exclude: np.ndarray | None,
                        seg: int, ranks: Sequence[int]) -> dict[int, list[PlannedBatch]]:
         ex_key = None if exclude is None else hash(exclude.tobytes())
-        if len(self._cache) > 64:
+        if epoch != self._cache_epoch or len(self._cache) > 64:
             self._cache.clear()
+            self._cache_epoch = epoch
         out: dict[int, list[PlannedBatch]] = {}
         if self.batching.equal_counts:
             for r in ranks:
