@@ -10,10 +10,16 @@ of a quarter of the data: a torch DataLoader with ``--workers`` workers and batc
 64, every image decoded and resized to 64x64 uint8 (the same PIL work in every tool).
 
 Reported, one run each: samples/s over the epoch, time to the first batch, and the peak
-bytes of the cache folder (sampled every 50 ms).
+bytes of the cache folder (sampled every 50 ms), with the load average before each tool
+ran.  A tool still reading after ``--max-seconds`` (150) is stopped there and its rate
+is over what it read (``partial``).
+
+The written datasets are kept in bench/work/remote_loader-build/n<N>-kb<KB>/ (one
+folder per tool, written once; delete it to rewrite), so a rerun starts a fresh moto
+server, uploads the three, and reads; the JPEGs are kept in bench/data/.
 
     python bench/remote_loader.py --setup      # create the two venvs, run nothing
-    python bench/remote_loader.py --n 10000
+    python bench/remote_loader.py              # 10,000 images: the issue's run
 
 Writes bench/results/remote_loader.json.
 """
@@ -32,6 +38,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "work" / "remote_loader"
+BUILD = BENCH / "work" / "remote_loader-build"
 VENVS = {"litdata": ("litdata", BENCH / ".venv-litdata"),
          "mosaic": ("mosaicml-streaming", BENCH / ".venv-mosaic")}
 BUCKET = "bench"
@@ -78,10 +85,11 @@ def read_peer(tool: str, url: str, cache: str, limit: int, workers: int, result:
               endpoint: str) -> None:
     import torch.utils.data as tud
 
-    t0 = time.perf_counter()
     if tool == "litdata":
         import litdata
         import litdata.streaming.downloader as lit_dl
+
+        t0 = time.perf_counter()  # after the imports, as for mmshard
 
         # LitData's obstore path builds its client without allow_http, so it cannot talk
         # to an http:// endpoint (BadScheme); its boto3 path (used without obstore) can.
@@ -100,6 +108,8 @@ def read_peer(tool: str, url: str, cache: str, limit: int, workers: int, result:
     else:
         from streaming import StreamingDataset
 
+        t0 = time.perf_counter()
+
         class Mds(StreamingDataset):
             def __getitem__(self, i):
                 item = super().__getitem__(i)
@@ -112,15 +122,20 @@ def read_peer(tool: str, url: str, cache: str, limit: int, workers: int, result:
 
 
 def _epoch(dl, t0: float, result: str) -> None:
+    cap = float(os.environ.get("REMOTE_BENCH_MAX_S") or 0)  # --max-seconds (0: none)
     n = 0
     first = None
+    partial = False
     for batch in dl:
         if first is None:
             first = time.perf_counter() - t0
         n += len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch["__key__"])
+        if cap and time.perf_counter() - t0 > cap:
+            partial = True
+            break
     wall = time.perf_counter() - t0
     Path(result).write_text(json.dumps({"samples": n, "wall_s": wall,
-                                        "first_batch_s": first}))
+                                        "first_batch_s": first, "partial": partial}))
 
 
 def read_mmshard(url: str, cache: str, limit: int, workers: int, result: str,
@@ -199,7 +214,8 @@ def timed_read(cmd: list[str], cache: Path, result: Path, env: dict) -> dict:
     r = json.loads(result.read_text())
     return {"rc": 0, "samples": r["samples"], "samples_s": round(r["samples"] / r["wall_s"], 1),
             "wall_s": round(r["wall_s"], 2), "first_batch_s": round(r["first_batch_s"], 2),
-            "peak_cache_mb": round(peak[0] / 2**20, 2)}
+            "peak_cache_mb": round(peak[0] / 2**20, 2),
+            **({"partial": True} if r.get("partial") else {})}
 
 
 def main() -> None:
@@ -208,6 +224,9 @@ def main() -> None:
     ap.add_argument("--shard-kb", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--setup", action="store_true")
+    ap.add_argument("--max-seconds", type=float, default=150,
+                    help="stop a tool's epoch after this long and report the rate over what "
+                         "it read (marked partial; 0: the whole epoch)")
     ap.add_argument("--mm-buffer", type=int, default=None,
                     help="mmshard shuffle_buffer (default: the samples of a quarter of the "
                          "cache)")
@@ -239,7 +258,7 @@ def main() -> None:
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint,
                S3_ENDPOINT_URL=endpoint, DISABLE_S5CMD="1", AWS_ALLOW_HTTP="true",
-               PYTHONPATH=str(BENCH.parent))
+               PYTHONPATH=str(BENCH.parent), REMOTE_BENCH_MAX_S=str(args.max_seconds))
     try:
         wait_port(port)
         import s3fs
@@ -256,7 +275,7 @@ def main() -> None:
     print(f"{args.n} images, {data_bytes / 2**20:.1f} MiB of JPEG; cache limit "
           f"{limit / 2**20:.1f} MiB")
     print_table(rows, ["tool", "rc", "samples", "samples_s", "first_batch_s", "wall_s",
-                       "peak_cache_mb", "cache_limit_mb"])
+                       "peak_cache_mb", "cache_limit_mb", "partial", "loadavg_before"])
     ok = {r["tool"].split(" (")[0]: r for r in rows if r.get("rc") == 0}
     summary = {}
     if "mmshard" in ok:
@@ -271,31 +290,42 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def build(args, src: Path, env: dict) -> Path:
+    """Each tool's dataset written once by its own writer into bench/work/remote_loader-
+    build/n<N>-kb<KB>/ (kept: a rerun with the same --n and --shard-kb only uploads)."""
+    me = str(Path(__file__).resolve())
+    out = BUILD / f"n{args.n}-kb{args.shard_kb}"
+    out.mkdir(parents=True, exist_ok=True)
+    per_shard = max(1, args.shard_kb * 1024 // max(1, du(src) // args.n))
+    for tool in ("mmshard", "litdata", "mosaic"):
+        dest = out / tool
+        if (out / f"{tool}.done").exists() or tool not in args.tools.split(","):
+            continue
+        shutil.rmtree(dest, ignore_errors=True)
+        t0 = time.perf_counter()
+        if tool == "mmshard":
+            cmd = [sys.executable, "-m", "mmshard.cli.main", "ingest", str(src), "--out",
+                   str(dest), "--executor", "local", "--workers", str(args.workers),
+                   "--no-progress", "--max-samples", str(per_shard)]
+        else:
+            cmd = [str(VENVS[tool][1] / "bin" / "python"), me, "--write", tool, str(src),
+                   str(dest), str(args.shard_kb)]
+        w = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if w.returncode != 0:
+            raise SystemExit(f"{tool} writer failed ({w.returncode}): {w.stderr[-1500:]}")
+        (out / f"{tool}.done").write_text(f"{time.perf_counter() - t0:.1f} s\n")
+        print(f"built {tool} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return out
+
+
 def run_tools(args, src: Path, fs, endpoint: str, env: dict, limit: int) -> list[dict]:
     me = str(Path(__file__).resolve())
     rows = []
-    # writes: each tool's own writer, locally, then one upload
-    mm_out = f"s3://{BUCKET}/mmshard"
-    per_shard = max(1, args.shard_kb * 1024 // max(1, du(src) // args.n))
-    opts = json.dumps({"key": "testing", "secret": "testing",
-                       "client_kwargs": {"endpoint_url": endpoint}})
-    subprocess.run([sys.executable, "-m", "mmshard.cli.main", "ingest", str(src), "--out",
-                    mm_out, "--storage-options", opts, "--executor", "local", "--workers",
-                    str(args.workers), "--no-progress", "--max-samples", str(per_shard)],
-                   check=True, env=env, capture_output=True)
-    tools = args.tools.split(",")
-    for tool in [t for t in ("litdata", "mosaic") if t in tools]:
-        local = WORK / f"{tool}-written"
-        py = str(VENVS[tool][1] / "bin" / "python")
-        w = subprocess.run([py, me, "--write", tool, str(src), str(local), str(args.shard_kb)],
-                           env=env, capture_output=True, text=True)
-        if w.returncode != 0:
-            rows.append({"tool": tool, "rc": w.returncode, "error": w.stderr[-1500:]})
-            continue
-        fs.put(str(local) + "/", f"{BUCKET}/{tool}/", recursive=True)
-    for tool in [t for t in ("mmshard", "litdata", "mosaic") if t in tools]:
-        if any(r["tool"] == tool for r in rows):
-            continue
+    built = build(args, src, env)
+    tools = [t for t in ("mmshard", "litdata", "mosaic") if t in args.tools.split(",")]
+    for tool in tools:  # one upload of each tool's own files into the same bucket
+        fs.put(str(built / tool) + "/", f"{BUCKET}/{tool}/", recursive=True)
+    for tool in tools:
         cache = WORK / f"{tool}-cache"
         result = WORK / f"{tool}.json"
         py = sys.executable if tool == "mmshard" else str(VENVS[tool][1] / "bin" / "python")
@@ -305,7 +335,9 @@ def run_tools(args, src: Path, fs, endpoint: str, env: dict, limit: int) -> list
             cmd.append(str(args.mm_buffer if args.mm_buffer is not None else
                            max(64, limit // 4 // max(1, du(src) // args.n))))
             cmd.append(args.mm_window)
-        rows.append({"tool": tool, **timed_read(cmd, cache, result, env)})
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        rows.append({"tool": tool, **timed_read(cmd, cache, result, env),
+                     "loadavg_before": " ".join(load)})
         if tool == "mmshard" and (cache / "journal.log").exists():  # shard downloads
             lines = (cache / "journal.log").read_text().splitlines()
             rows[-1]["fetches"] = sum(1 for ln in lines if ln.split()[2:3] == ["fetch"])

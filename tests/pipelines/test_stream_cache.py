@@ -7,6 +7,7 @@ processes (each with DataLoader workers) sharing one cache, as on one training n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -220,3 +221,55 @@ def test_cache_config_and_sizes():
         parse_size("lots")
     with pytest.raises(ConfigError, match="verify"):
         CacheConfig(cache_dir="/tmp/x", verify="md5")
+
+
+def test_first_downloads_at_once_same_batches_and_within_limit(s3, tmp_path):  # noqa: F811
+    """Every worker's first shards are fetched together by the loader's own process before
+    the workers start, then 2 workers prefetch beside their reads: the batches equal the
+    local run's, and the cache never holds more than cache_limit (downloads in progress
+    reserve their size; a prefetch never goes over)."""
+    import threading
+
+    local = tmp_path / "ds"
+    write_dataset(local, shards=16, per_shard=4, pad=20000)
+    url = upload(s3, local, "cachefirst")
+    sizes = {f"{url}/shards/{p.name}": p.stat().st_size for p in (local / "shards").iterdir()}
+    limit = max(sizes.values()) * 11  # room for 11 of the 16 shards: eviction happens
+    cache = tmp_path / "cache"
+
+    def epoch(src, workers, cache_dir=None):
+        ld = Loader(src, batch_size=4, seed=5, rank=0, world_size=1, num_workers=workers,
+                    shuffle_window=3, cache_dir=cache_dir, cache_limit=limit)
+        return [list(b["__key__"]) for b in ld], ld
+
+    want, _ = epoch(str(local), 0)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:  # bytes in the cache's data folder, partial downloads included
+        while not stop.is_set():
+            total = 0
+            for p in list((cache / "data").glob("*")) if (cache / "data").exists() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    total += p.stat().st_size
+            peak[0] = max(peak[0], total)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        got, ld = epoch(DatasetSource(root=url, storage_options=s3), 2, str(cache))
+    finally:
+        stop.set()
+        th.join()
+    assert got == want  # same batches, in the same order, as the local folder
+    assert peak[0] <= limit
+    lines = [ln.split() for ln in (cache / "journal.log").read_text().splitlines()]
+    held = top = 0
+    for _t, _pid, what, u in lines:  # complete shards in the cache, event by event
+        held += sizes[u] if what == "fetch" else -sizes[u] if what == "evict" else 0
+        top = max(top, held)
+    assert top <= limit and any(w == "evict" for _, _, w, _ in lines)
+    fetched_here = {u for _, pid, w, u in lines if w == "fetch" and int(pid) == os.getpid()}
+    first = {f"{url}/shards/train-{int(k[1:4]):06d}.tar" for k in want[0]}
+    assert first <= fetched_here  # the first batch's shards came from this process, at once
+    assert ld.stats["cache"]["downloads"] == sum(1 for ln in lines if ln[2] == "fetch")
+    assert ld.stats["cache"].get("over_limit", 0) == 0

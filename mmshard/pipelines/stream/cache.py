@@ -24,10 +24,20 @@ Layout under ``cache_dir``::
   a reader takes its pin *before* it checks and opens the file, so it never meets a
   half-evicted shard (no ``FileNotFoundError`` races).  When pinned shards alone exceed
   the limit the cache goes over it (counted in ``over_limit``) rather than stall.
+- Downloads in progress reserve their size: the temp file is created under the
+  eviction lock and counted at its index.json size, so parallel downloads (threads,
+  workers, ranks) do not overfill the cache; a prefetch that would take the cache over
+  its limit waits for the next batch instead (only a reader may go over, when pinned
+  shards leave no room).
 - Prefetch: the loader hands the cache the shards of a worker's next batches (plan
   order); two threads per process fetch them while the current ones are read, at most
   a quarter of ``cache_limit`` ahead per process (more would only evict shards that are
-  about to be read).
+  about to be read).  Shards this process has open are skipped (they are pinned, so
+  present), and a shard another thread or process is downloading is left to it (the
+  prefetch moves on to the next one instead of queueing behind that download).
+- First shards (:func:`fetch_first`): before the workers start, the loader's process
+  downloads the first batch's shards of every worker at once, on the storage client it
+  already has (a fresh worker would first build its own: 0.3-1 s of botocore setup).
 
 >>> cfg = CacheConfig(cache_dir="/tmp/c", cache_limit="20GB")
 >>> cfg.limit_bytes
@@ -44,6 +54,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -58,7 +69,8 @@ import numpy as np
 from ...errors import ConfigError, ShardError
 from ...storage import is_url
 
-__all__ = ["CacheConfig", "ShardCache", "parse_size", "prefetch_batches", "with_cache"]
+__all__ = ["CacheConfig", "ShardCache", "fetch_first", "parse_size", "prefetch_batches",
+           "with_cache"]
 
 log = logging.getLogger(__name__)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -127,9 +139,10 @@ def _flock(path: str, mode: int) -> Iterator[int]:
 class _PinnedFile:
     """A cached shard opened for reading; closing it releases the pin."""
 
-    def __init__(self, f: IO[bytes], pin_fd: int) -> None:
+    def __init__(self, f: IO[bytes], pin_fd: int, on_close: Any = None) -> None:
         self._f = f
         self._pin = pin_fd
+        self._on_close = on_close
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
@@ -148,6 +161,8 @@ class _PinnedFile:
             self._f.close()
             os.close(self._pin)
             self._pin = -1
+            if self._on_close is not None:
+                self._on_close()
 
     def __enter__(self) -> _PinnedFile:
         return self
@@ -178,6 +193,7 @@ class ShardCache:
         self._asked: set[str] = set()
         self._ahead: dict[str, tuple[int, float]] = {}  # prefetched, not opened yet
         self._verified: set[str] = set()
+        self._reading: Counter[str] = Counter()  # opened by this process, not closed yet
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
 
@@ -273,39 +289,64 @@ class ShardCache:
                 os.utime(self._p("pins", name))
                 self._count(**({"misses": 1} if fetched else {"hits": 1}),
                             wait_s=time.perf_counter() - t0)
-                return _PinnedFile(f, pin)  # type: ignore[return-value]
+                with self._lock:
+                    self._reading[url] += 1
+                return _PinnedFile(f, pin, lambda: self._closed(url))  # type: ignore[return-value]
             os.close(pin)
             self.ensure(url)
             fetched = True
         raise ShardError(f"cannot keep {url} in the cache {self.config.cache_dir}: it was "
                          "evicted five times before it could be opened; raise cache_limit")
 
-    def ensure(self, url: str) -> str:
-        """Make ``url`` present and verified in the cache; return its local path."""
+    def _closed(self, url: str) -> None:
+        with self._lock:
+            self._reading[url] -= 1
+            if self._reading[url] <= 0:
+                del self._reading[url]
+
+    def ensure(self, url: str, wait: bool = True) -> str | None:
+        """Make ``url`` present and verified in the cache; return its local path.
+        ``wait=False`` (prefetch): when another thread or process is downloading it
+        right now, or when it would fit only by going over ``cache_limit`` because of
+        other downloads in progress, return None at once instead of waiting."""
         name = self.name(url)
         if self._valid(url):
             return self._p("data", name)
-        with _flock(self._p("locks", name), fcntl.LOCK_EX):  # one downloader per shard
-            if self._valid(url):  # another process fetched it while we waited
-                return self._p("data", name)
-            size, _ = self.expected.get(url, (-1, ""))
-            self._evict(need=max(size, 0), keep=name)
-            for attempt in (1, 2):
-                try:
-                    self._download(url, name)
-                    break
-                except ShardError:
-                    if attempt == 2:
-                        raise
-                    log.warning("download of %s failed its check; trying once more", url)
+        fd = os.open(self._p("locks", name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # one downloader per shard (exclusive flock; closing the fd drops it)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:  # only with wait=False: its downloader is at work
+                return None
+            return self._ensure_locked(url, name, strict=not wait)
+        finally:
+            os.close(fd)
+
+    def _ensure_locked(self, url: str, name: str, strict: bool = False) -> str | None:
+        """The rest of :meth:`ensure`, holding the shard's download lock."""
+        if self._valid(url):  # another process fetched it while we waited
+            return self._p("data", name)
+        size, _ = self.expected.get(url, (-1, ""))
+        for attempt in (1, 2):
+            tmp = f"{self._p('data', name)}.tmp-{uuid.uuid4().hex[:12]}"
+            # room made and the temp file created under the eviction lock: concurrent
+            # downloads count each other's reserved bytes (the cache stays under its limit)
+            if not self._evict(need=max(size, 0), keep=name, reserve=tmp, strict=strict):
+                return None  # no room next to the downloads in progress: not now
+            try:
+                self._download(url, name, tmp)
+                break
+            except ShardError:
+                if attempt == 2:
+                    raise
+                log.warning("download of %s failed its check; trying once more", url)
         return self._p("data", name)
 
-    def _download(self, url: str, name: str) -> None:
+    def _download(self, url: str, name: str, tmp: str) -> None:
         import fsspec
 
         t0 = time.perf_counter()
         final = self._p("data", name)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
         h = hashlib.sha256()
         n = 0
         try:
@@ -343,15 +384,25 @@ class ShardCache:
                 os.unlink(tmp)
 
     # -- eviction ------------------------------------------------------------------------
-    def _evict(self, need: int, keep: str) -> None:
-        """Delete least recently used, unpinned shards until ``need`` more bytes fit."""
+    def _evict(self, need: int, keep: str, reserve: str | None = None,
+               strict: bool = False) -> bool:
+        """Delete least recently used, unpinned shards until ``need`` more bytes fit;
+        then create the (empty) temp file ``reserve`` for them, still under the lock.
+
+        Downloads in progress count at their full expected size (their temp files were
+        created here), so parallel downloads (threads, workers, ranks) do not overfill
+        the cache.  ``strict`` (prefetch): when ``need`` does not fit under the limit
+        (downloads in progress, pinned shards), reserve nothing and return False."""
         d = self._p("data", "")
         with _flock(os.path.join(self.config.cache_dir, ".lock"), fcntl.LOCK_EX):
             entries = []
             total = 0
+            busy = 0
             for e in os.scandir(d):
                 if ".tmp-" in e.name:
-                    self._drop_stale_tmp(e.path, e.name.split(".tmp-", 1)[0])
+                    base = e.name.split(".tmp-", 1)[0]
+                    if not self._drop_stale_tmp(e.path, base):
+                        busy += max(self._expected_size(base), _size(e.path))
                     continue
                 size = e.stat().st_size
                 total += size
@@ -360,6 +411,9 @@ class ShardCache:
                 except FileNotFoundError:
                     used = 0.0
                 entries.append((used, e.name, size))
+            if strict and busy + need > self.limit:
+                return False
+            total += busy
             entries.sort()
             for _used, name, size in entries:
                 if total + need <= self.limit:
@@ -382,10 +436,25 @@ class ShardCache:
                 total -= size
                 self._journal("evict", url)
                 self._count(evictions=1, bytes_evicted=size)
+            if total + need > self.limit and strict:
+                return False  # a prefetch never takes the cache over its limit
             if total + need > self.limit:
                 self._count(over_limit=1)
                 log.info("shard cache %s over its limit (%d + %d > %d bytes): the rest is "
-                         "pinned by readers", self.config.cache_dir, total, need, self.limit)
+                         "pinned by readers or being downloaded", self.config.cache_dir,
+                         total, need, self.limit)
+            if reserve is not None:
+                with open(reserve, "wb"):
+                    pass
+        return True
+
+    def _expected_size(self, name: str) -> int:
+        """index.json's size of the shard cached as ``name`` (0 when unknown)."""
+        sizes = getattr(self, "_sizes", None)
+        if sizes is None:
+            sizes = self._sizes = {self.name(u): max(n, 0) for u, (n, _) in
+                                   self.expected.items()}
+        return sizes.get(name, 0)
 
     def _url_of(self, name: str) -> str:
         try:
@@ -394,19 +463,20 @@ class ShardCache:
         except (OSError, ValueError, KeyError):
             return name
 
-    def _drop_stale_tmp(self, path: str, name: str) -> None:
+    def _drop_stale_tmp(self, path: str, name: str) -> bool:
         """A temp file whose downloader no longer holds the shard's lock is a leftover of
-        a killed process."""
+        a killed process: removed (True).  False: it is being downloaded right now."""
         fd = os.open(self._p("locks", name), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return  # being downloaded right now
+            return False  # being downloaded right now
         finally:
             os.close(fd)  # closes (and unlocks) in both cases
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             self._count(stale_tmp_removed=1)
+        return True
 
     # -- prefetch ------------------------------------------------------------------------
     def _after_fork(self) -> None:
@@ -429,8 +499,8 @@ class ShardCache:
                     del self._ahead[u]
             used = sum(n for n, _ in self._ahead.values())
             for u in dict.fromkeys(urls):
-                if u in self._asked or u in self._ahead:
-                    continue
+                if u in self._asked or u in self._ahead or u in self._reading:
+                    continue  # asked, or open here (pinned: present until closed)
                 size = max(self.expected.get(u, (0, ""))[0], 0)
                 if self._ahead and used + size > budget:
                     break
@@ -447,18 +517,39 @@ class ShardCache:
             self._pool.submit(self._prefetch_one, u)
 
     def _prefetch_one(self, url: str) -> None:
-        try:
-            self.ensure(url)
+        try:  # a shard another worker or rank is fetching: on to the next one
+            if self.ensure(url, wait=False) is None and not self._busy(url):
+                with self._lock:  # no room yet: asked again with the next batch
+                    self._ahead.pop(url, None)
         except Exception as e:  # the reader fetches it again and raises with context
-            log.warning("prefetch of %s failed: %s", url, e)
+            quiet = sys.is_finalizing() or "interpreter shutdown" in str(e)  # worker exits
+            (log.debug if quiet else log.warning)("prefetch of %s failed: %s", url, e)
         finally:  # asked again later (next epoch, after an eviction): checked again
             with self._lock:
                 self._asked.discard(url)
+
+    def _busy(self, url: str) -> bool:
+        """Someone holds ``url``'s download lock right now."""
+        fd = os.open(self._p("locks", self.name(url)), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
     def usage(self) -> int:
         """Bytes of complete shards in the cache now."""
         d = self._p("data", "")
         return sum(e.stat().st_size for e in os.scandir(d) if ".tmp-" not in e.name)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _sha256_file(path: str) -> str:
@@ -477,7 +568,9 @@ def with_cache(resolved: Any, spec: Any, config: CacheConfig) -> Any:
         return resolved
     expected: dict[str, tuple[int, str]] = {u: (-1, "") for u in resolved.urls}
     root = spec if isinstance(spec, str) else getattr(spec, "root", None)
-    if root is not None:
+    if resolved.checksums is not None:  # read while resolving: no second index read
+        expected.update(resolved.checksums)
+    elif root is not None:
         from ...dataset import open_dataset
 
         ds = open_dataset(root, resolved.storage_options)
@@ -496,13 +589,55 @@ def prefetch_batches(work: Any, plan: Sequence[Any], i: int, step: int = 1) -> N
     caches = [getattr(r.source, "cache", None) for r in work.readers]
     ahead = max((c.config.prefetch for c in caches if c is not None), default=0)
     for pb in plan[i:i + step * (ahead + 1):step] if ahead else ():
-        shards = np.searchsorted(work.starts, pb.ids, side="right") - 1
-        for sh in dict.fromkeys(shards.tolist()):
-            cache = caches[work.owner[sh]]
-            if cache is not None:
-                src = work.readers[work.owner[sh]].source
-                j = work.local[sh]
-                cache.prefetch([src.urls[j], *(u[j] for u in src.sidecars.values())])
+        for cache, url in _batch_urls(work, pb):
+            cache.prefetch([url])
+
+
+def _batch_urls(work: Any, pb: Any) -> list[tuple[Any, str]]:
+    """``(cache, url)`` of the shards (and sidecar shards) batch ``pb`` reads, in the
+    order it first reads them; shards of uncached sources left out."""
+    out = []
+    shards = np.searchsorted(work.starts, pb.ids, side="right") - 1
+    for sh in dict.fromkeys(shards.tolist()):
+        src = work.readers[work.owner[sh]].source
+        if getattr(src, "cache", None) is not None:
+            j = work.local[sh]
+            out += [(src.cache, u) for u in (src.urls[j], *(v[j] for v in src.sidecars.values()))]
+    return out
+
+
+def fetch_first(work: Any, plan: Sequence[Any], start: int, n: int) -> dict[str, float]:
+    """Download the shards of batches ``start .. start + n - 1`` (the first batch of each
+    of ``n`` workers) now, in parallel, before the workers start; return the counters.
+
+    The calling process already has a storage client (it read index.json); a fresh
+    worker builds its own first (botocore setup: 0.3-1 s), so doing the first downloads
+    here takes that off the time to the first batch, and fetches every worker's first
+    shards at once instead of a few per worker.  Past the first batch's shards, each
+    cache gets at most a quarter of its limit this way; a failed download is only logged (the
+    worker that needs the shard fetches it again and raises with context)."""
+    todo: dict[tuple[int, str], tuple[Any, str]] = {}
+    used: Counter[int] = Counter()
+    for b, pb in enumerate(plan[start:start + n]):
+        for cache, url in _batch_urls(work, pb):
+            size = max(cache.expected.get(url, (0, ""))[0], 0)
+            k = (id(cache), url)
+            if k in todo or (b and used[id(cache)] + size > cache.limit // 4):
+                continue  # the first batch's shards always: it cannot start without them
+            used[id(cache)] += size
+            todo[k] = (cache, url)
+    if not todo:
+        return {}
+
+    def one(item: tuple[Any, str]) -> None:
+        try:
+            item[0].ensure(item[1])
+        except Exception as e:
+            log.warning("first download of %s failed: %s", item[1], e)
+
+    with ThreadPoolExecutor(min(8, len(todo)), thread_name_prefix="mmshard-first") as pool:
+        list(pool.map(one, todo.values()))  # all joined here: no thread left at fork
+    return cache_stats(work)
 
 
 def cache_stats(work: Any) -> dict[str, float]:

@@ -37,7 +37,7 @@ from ...samplers.batching import Batching, FixedBatching, PlannedBatch, SampleMe
 from ...samplers.mixing import Mixing
 from ...samplers.order import EpochOrder
 from .audit import EpochAudit, check_epoch
-from .cache import CacheConfig, cache_stats, prefetch_batches, with_cache
+from .cache import CacheConfig, cache_stats, fetch_first, prefetch_batches, with_cache
 from .decode import DecodeConfig, collate, decode_sample
 from .filters import filter_fingerprint, keep_mask
 from .plan import EpochPlanner
@@ -408,7 +408,10 @@ class Loader:
 
     # -- iteration -----------------------------------------------------------------------
     def _fetch(self, plan: list[PlannedBatch], start: int) -> Iterator[dict[str, Any]]:
+        # remote shards: every worker's first shards at once, on this process's client
+        first = fetch_first(self._work, plan, start, max(1, self.num_workers))
         if self.num_workers == 0:
+            self._add_cache_stats(first)
             for i in range(start, len(plan)):
                 prefetch_batches(self._work, plan, i)
                 yield self._work.load(plan[i])
@@ -416,7 +419,11 @@ class Loader:
         import torch
         import torch.utils.data as tud
 
-        from .worker import PlannedBatches
+        from .worker import PlannedBatches, warm_up
+
+        if start < len(plan):  # decoders imported once here, inherited by the workers
+            warm_up(self._work, plan[start])
+        self._add_cache_stats(first, cache_stats(self._work))
 
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         dl = tud.DataLoader(PlannedBatches(self._work, plan, start), batch_size=None,
@@ -432,6 +439,11 @@ class Loader:
         if nxt != len(plan):
             raise DataError("lost_batch", f"workers delivered batches up to {nxt}, plan "
                             f"has {len(plan)}")
+
+    def _add_cache_stats(self, *counters: dict[str, float]) -> None:
+        for c in counters:
+            for k, v in c.items():
+                self.stats["cache"][k] = self.stats["cache"].get(k, 0) + v
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         plan = self._plan()

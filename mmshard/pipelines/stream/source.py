@@ -91,6 +91,9 @@ class ResolvedSource:
     # per sample (id order), the media it holds per the manifest's ``fields`` column:
     # bits MEDIA_BITS (image 1, audio 2, video 4); None when the manifest does not say
     media: np.ndarray | None = None
+    # url -> (size, sha256) of every base and sidecar shard per the index.json files read
+    # while resolving (the shard cache checks downloads against it); None: not read
+    checksums: dict[str, tuple[int, str]] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -395,9 +398,12 @@ def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
         _check_provenance(ds, name, side[name], shards)
         sidecars[name] = tuple(ds.shard_url(s, name) for s in shards)
     meta, media = _manifest_meta(ds, shards)
+    sums = {ds.shard_url(s): (s.filesize, s.sha256) for s in ds.index.shards}
+    for name, idx in side.items():
+        sums.update({ds.shard_url(s, name): (s.filesize, s.sha256) for s in idx.shards})
     return ResolvedSource(name=ds.index.name or ds.root, urls=urls, counts=counts,
                           sidecars=sidecars, meta=meta, storage_options=src.storage_options,
-                          media=media,
+                          media=media, checksums=sums,
                           root=ds.root, fields=tuple(sorted({*ds.index.fields, *(
                               f for n in sidecars for f in side[n].fields)})))
 
@@ -440,11 +446,32 @@ def media_bits(fields: Iterable[str]) -> int:
     return sum({MEDIA_BITS.get(modality_of(f), 0) for f in fields})
 
 
+_MANIFEST_COLUMNS = ("key", "shard", "offset", "group", "width", "height", "fields")
+
+
+def _read_manifest(ds: Any) -> Any:
+    """The manifest columns the loader uses as a pyarrow Table (None: no manifest).
+    Remote: one GET of the whole file (no per-page range requests); ``ParquetFile``
+    rather than ``pq.read_table`` (which imports pyarrow.dataset and pandas: ~1 s)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if ds.storage.local:
+            pf = pq.ParquetFile(ds.storage.path("manifest.parquet"))
+        else:
+            pf = pq.ParquetFile(pa.BufferReader(ds.storage.read_bytes("manifest.parquet")))
+    except FileNotFoundError:
+        return None
+    names = set(pf.schema_arrow.names)
+    return pf.read(columns=[c for c in _MANIFEST_COLUMNS if c in names])
+
+
 def _manifest_meta(ds: Any, shards: Sequence[Any]) -> tuple[SampleMeta, np.ndarray | None]:
     total = sum(s.nsamples for s in shards)
-    if not ds.storage.exists("manifest.parquet"):
+    table = _read_manifest(ds)
+    if table is None:
         return SampleMeta(num_samples=total), None
-    table = ds.read_table("manifest")
     cols = set(table.column_names)
     if not {"key", "shard"} <= cols:
         return SampleMeta(num_samples=total), None
@@ -479,8 +506,7 @@ def _manifest_meta(ds: Any, shards: Sequence[Any]) -> tuple[SampleMeta, np.ndarr
         height = np.asarray([data["height"][r] or 0 for r in order], dtype=np.int64)
     media = None
     if "fields" in cols:  # "flac,json,txt": what ingest stored for each sample
-        bits: dict[str, int] = {}
-        media = np.asarray([bits.setdefault(str(f or ""), media_bits(str(f or "").split(",")))
-                            for f in (data["fields"][r] for r in order)], dtype=np.uint8)
+        bits = {f: media_bits(str(f or "").split(",")) for f in set(data["fields"])}
+        media = np.asarray([bits[data["fields"][r]] for r in order], dtype=np.uint8)
     return SampleMeta(num_samples=total, keys=keys, groups=groups, width=width,
                       height=height), media

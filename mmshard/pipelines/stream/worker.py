@@ -7,6 +7,7 @@ so the main process can restore plan order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch.utils.data as tud
 
 from .cache import prefetch_batches
 
-__all__ = ["PlannedBatches"]
+__all__ = ["PlannedBatches", "warm_up"]
 
 
 class PlannedBatches(tud.IterableDataset):
@@ -31,3 +32,18 @@ class PlannedBatches(tud.IterableDataset):
         for i in range(self.start + w, len(self.plan), nw):
             prefetch_batches(self.work, self.plan, i, nw)  # remote shards: fetch ahead
             yield i, self.work.load(self.plan[i])
+
+
+def warm_up(work: Any, pb: Any) -> None:
+    """Read and decode the first sample of batch ``pb`` here, before the workers fork:
+    they inherit the decoders this imports (PIL, simplejpeg ...) and the tar index of
+    its shard instead of each loading them on its first batch.  The shard files are
+    closed again (a forked worker must not share an open file's offset); a failure is
+    left for the worker to report in context.  Not for video (one clip can take a
+    second to decode: the workers do that in parallel)."""
+    if getattr(work.decode, "video", None) is not None:
+        return
+    with contextlib.suppress(Exception):
+        work._one(int(pb.ids[0]), pb.size)
+    for r in work.readers:
+        r.close()
