@@ -209,7 +209,11 @@ def img2dataset_version() -> str:
 def run_mmshard(src: Path, out: Path, executor: str, workers: int, shard_size: int,
                 reencode: bool, verify: str = "decode") -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "mmshard.cli.main", "ingest", str(src), "--out", str(out),
+    head = [sys.executable, "-m", "mmshard.cli.main"]
+    if executor == "ray-classic":  # the embedded cluster as before: a blocking ray.init()
+        head = [sys.executable, "-c", RAY_CLASSIC]  # and a graceful ray.shutdown()
+        executor = "ray"
+    cmd = [*head, "ingest", str(src), "--out", str(out),
            "--executor", executor, "--workers", str(workers), "--no-progress",
            "--max-samples", str(shard_size)]
     if reencode:
@@ -226,6 +230,18 @@ def run_mmshard(src: Path, out: Path, executor: str, workers: int, shard_size: i
              first_image_size=_first_jpg_size(tars[0]) if tars else None,
              job_s=stats.get("seconds"))
     return r
+
+
+# ``--executor ray`` as it was before the background start, the lean head and the fast stop
+# (bench/results/ingest_real.json ``ray_fixed_cost``): ray.init() blocks before the job,
+# the job joins that cluster, and ray.shutdown() at exit stops it gracefully.
+RAY_CLASSIC = """
+import sys, ray
+ray.init(num_cpus=int(sys.argv[sys.argv.index("--workers") + 1]), include_dashboard=False,
+         log_to_driver=False, configure_logging=False)
+from mmshard.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def run_img2dataset(exe: Path, files: list[Path], out: Path, workers: int, threads: int,
@@ -323,7 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--item-threads-ab", action="store_true",
                     help="only an A/B of the per-task item threads (1 vs 2, local executor, "
                          "2 workers, the real set, 1,000-sample shards), interleaved")
+    ap.add_argument("--ray-fixed-cost", type=int, metavar="REPS", default=0,
+                    help="only time the embedded Ray cluster's start and stop (classic "
+                         "ray.init/shutdown vs RayExecutor), REPS times each, interleaved")
     args = ap.parse_args(argv)
+    if args.ray_fixed_cost:
+        out = args.out or BENCH / "results" / "ingest_ray_fixed_cost.json"
+        save_json(out, {"machine": machine_info(), **ray_fixed_cost(args.ray_fixed_cost)})
+        print(f"saved {out}")
+        return
     if args.item_threads_ab:
         item_threads_ab(args.n_real or 3000)
         return
@@ -356,6 +380,61 @@ def main(argv: list[str] | None = None) -> None:
                     "runs": first["runs"], "disk": first["disk"], "summary": first["summary"],
                     "notes": NOTES})
     print(f"saved {out}")
+
+
+RAY_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+from mmshard.keys import path_key
+if sys.argv[1] == "classic":
+    import ray
+    t1 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    t2 = time.perf_counter()
+    ray.get([ray.remote(path_key).remote(f"d/{i}") for i in range(2)])
+    t3 = time.perf_counter()
+    ray.shutdown()
+else:
+    from mmshard.pipelines.executor import RayExecutor
+    t1 = time.perf_counter()
+    ex = RayExecutor(2)
+    t2 = time.perf_counter()
+    list(ex.imap_unordered(path_key, [f"d/{i}" for i in range(2)]))
+    t3 = time.perf_counter()
+    ex.close()
+t4 = time.perf_counter()
+print(json.dumps({"import_s": round(t1 - t0, 3), "start_call_s": round(t2 - t1, 3),
+                  "start_to_first_results_s": round(t3 - t1, 3), "stop_s": round(t4 - t3, 3)}))
+"""
+
+
+def ray_fixed_cost(reps: int) -> dict[str, Any]:
+    """The embedded cluster's own cost, without a job: start, two trivial tasks, stop,
+    for a blocking ray.init() + ray.shutdown() ("classic") and for RayExecutor (background
+    start without the autoscaler and log monitors, SIGKILL stop), interleaved ``reps``
+    times.  Each is a subprocess measured like the ingest runs (wall incl. interpreter
+    start and exit; CPU of every process of the run)."""
+    rows = []
+    for _ in range(reps):
+        for kind in ("classic", "mmshard"):
+            load = os.getloadavg()[0]
+            r = run_measured([sys.executable, "-c", RAY_PROBE, kind], cwd=BENCH.parent,
+                             interval=0.1)
+            lines = [ln for ln in r["output"].splitlines() if ln.startswith("{")]
+            row = {"kind": kind, "load1": round(load, 2), "wall_s": r["wall_s"],
+                   "cpu_s": r["cpu_s"], "max_procs": r["max_procs"],
+                   **(json.loads(lines[-1]) if lines else {"error": r["output"][-500:]})}
+            rows.append(row)
+            print(row, flush=True)
+    med = {}
+    for kind in ("classic", "mmshard"):
+        mine = [r for r in rows if r["kind"] == kind and "stop_s" in r]
+        med[kind] = {k: round(float(np.median([r[k] for r in mine])), 2)
+                     for k in ("wall_s", "cpu_s", "start_to_first_results_s", "stop_s")
+                     } if mine else {}
+    print_table([{"kind": k, **v} for k, v in med.items()],
+                ["kind", "wall_s", "cpu_s", "start_to_first_results_s", "stop_s"])
+    return {"rows": rows, "median": med}
 
 
 def item_threads_ab(n: int, reps: int = 2) -> None:

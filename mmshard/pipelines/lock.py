@@ -45,7 +45,8 @@ from ..errors import JobError
 from ..storage import Storage
 
 __all__ = ["LOCK_FILE", "LeaseLost", "OutputLock", "check_lease", "claim_output",
-           "holder_alive", "lease_token", "read_lease", "release_output", "start_reaper"]
+           "holder_alive", "kill_processes", "lease_token", "process_tree", "read_lease",
+           "release_output", "start_reaper"]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "_work/lock.json"  # job state, not data: --overwrite keeps it (see commit.py)
@@ -311,3 +312,36 @@ def start_reaper(driver_pid: int | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(driver_pid or os.getpid())],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def process_tree(roots: list[int]) -> dict[int, str | None]:
+    """``roots`` and all their descendants now, each with its kernel start time (so a pid
+    reused later is told apart): what :func:`kill_processes` takes."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out: dict[int, str | None] = {}
+    todo = list(roots)
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out[p] = _start_time(p)
+            todo.extend(kids.get(p, ()))
+    return out
+
+
+def kill_processes(procs: dict[int, str | None]) -> None:
+    """SIGKILL each process of ``procs`` (from :func:`process_tree`) that is still the
+    same process (same start time); gone ones are skipped."""
+    import signal
+
+    for pid, ticks in procs.items():
+        if ticks is not None and _start_time(pid) == ticks and pid != os.getpid():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -74,3 +74,52 @@ def test_make_executor_rejects_unknown_kinds():
         make_executor("dask")
     with pytest.raises(ConfigError):
         LocalExecutor(0)
+
+
+EMBEDDED_DRIVER = """
+import json, os
+from mmshard.keys import path_key
+from mmshard.pipelines.executor import RayExecutor
+from mmshard.pipelines.lock import process_tree
+
+out = {}
+ex = RayExecutor(1)  # an embedded cluster, started in the background
+out["workers_before_start"] = ex.workers
+out["keys"] = sorted(r for _, r in ex.imap_unordered(path_key, ["d/0.x", "d/1.x"]))
+cluster = [p for p in process_tree([os.getpid()]) if p != os.getpid()]
+ex.close()
+out["cluster_procs"] = len(cluster)
+out["left"] = [p for p in cluster if os.path.exists(f"/proc/{p}")]  # a zombie counts too
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_embedded_cluster_starts_in_the_background_and_close_leaves_no_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from mmshard.keys import path_key
+
+    root = Path(__file__).resolve().parents[2]
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(root), RAY_TMPDIR=short)
+    try:
+        p = subprocess.run([sys.executable, "-c", EMBEDDED_DRIVER], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        import shutil
+
+        shutil.rmtree(short, ignore_errors=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["workers_before_start"] == 1
+    assert out["keys"] == sorted(path_key(f"d/{i}.x") for i in range(2))
+    assert out["cluster_procs"] >= 3  # GCS, raylet, a worker at least
+    assert out["left"] == [], "processes of the embedded cluster outlived close()"
