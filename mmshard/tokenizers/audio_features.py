@@ -181,15 +181,15 @@ def _filter_bands(n_mels: int, n_bands: int = 8) -> tuple[tuple[int, int, int, i
     # Each mel filter is a triangle over a few FFT bins (391 of the 80 x 201 weights are
     # nonzero), so the filters are cut into bands of rows that multiply only their nonzero
     # bin range: ~8x fewer multiply-adds than whisper's dense matmul, and the zeros it
-    # skips added nothing to the sums. Columns i0:i1 of ``power @ filters.T`` take bins
-    # c0:c1 through the [c1 - c0, i1 - i0] block ``w``.
+    # skips added nothing to the sums. Rows i0:i1 of the result take bins c0:c1 through
+    # the [i1 - i0, c1 - c0] block ``w``.
     fb = mel_filterbank(n_mels)
     bounds = np.linspace(0, n_mels, n_bands + 1).astype(int)
     bands = []
     for i0, i1 in zip(bounds[:-1], bounds[1:]):
         nz = np.flatnonzero(fb[i0:i1].any(axis=0))
         c0, c1 = int(nz[0]), int(nz[-1]) + 1
-        bands.append((int(i0), int(i1), c0, c1, np.ascontiguousarray(fb[i0:i1, c0:c1].T)))
+        bands.append((int(i0), int(i1), c0, c1, np.ascontiguousarray(fb[i0:i1, c0:c1])))
     return tuple(bands)
 
 
@@ -212,15 +212,23 @@ def _scratch(name: str, n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _reflect_frames(x: np.ndarray) -> torch.Tensor:
-    # The frames torch.stft(center=True, pad_mode="reflect") takes, as an [n // 160 + 1,
-    # 400] view of a padded copy of ``x`` (the copy lives in a scratch buffer).
-    n, half = x.shape[0], WHISPER_N_FFT // 2
-    xp = _scratch("padded", n + WHISPER_N_FFT)
-    xp[half:half + n] = x
-    xp[:half] = x[1:half + 1][::-1]
-    xp[half + n:] = x[n - half - 1:n - 1][::-1]
-    return torch.from_numpy(xp).unfold(0, WHISPER_N_FFT, WHISPER_HOP_LENGTH)
+def _frame_pieces(x: np.ndarray, n_frames: int) -> list[torch.Tensor]:
+    # The first ``n_frames`` frames torch.stft(center=True, pad_mode="reflect") takes from
+    # ``x``, as [k, 400] views whose rows, piece after piece, are frames 0, 1, 2, ...
+    # Frames 2 .. j1 - 1 lie inside the clip and are views of ``x`` itself; only the two
+    # head frames and the tail frames read a reflected copy of the clip's ends.
+    n, half, hop = x.shape[0], WHISPER_N_FFT // 2, WHISPER_HOP_LENGTH
+    j0, j1 = 2, min(n_frames, (n - half) // hop + 1)
+    if j1 - j0 < 16:  # a short clip: one padded copy
+        xp = np.concatenate([x[1:half + 1][::-1], x, x[n - half - 1:n - 1][::-1]])
+        return [torch.from_numpy(xp).unfold(0, WHISPER_N_FFT, hop)[:n_frames]]
+    head = np.concatenate([x[1:half + 1][::-1], x[:hop * (j0 - 1) + half]])
+    pieces = [torch.from_numpy(head).unfold(0, WHISPER_N_FFT, hop),
+              torch.from_numpy(x[hop * j0 - half:]).unfold(0, WHISPER_N_FFT, hop)[:j1 - j0]]
+    if j1 < n_frames:
+        tail = np.concatenate([x[hop * j1 - half:], x[n - half - 1:n - 1][::-1]])
+        pieces.append(torch.from_numpy(tail).unfold(0, WHISPER_N_FFT, hop)[:n_frames - j1])
+    return pieces
 
 
 def _power_rows(clips: list[np.ndarray], counts: list[int], power: np.ndarray) -> None:
@@ -240,14 +248,15 @@ def _power_rows(clips: list[np.ndarray], counts: list[int], power: np.ndarray) -
         np.add(ri[:, 0::2], ri[:, 1::2], out=power[row:row + filled])
 
     for x, n in zip(clips, counts):
-        frames, j = _reflect_frames(x), 0
-        while j < n:
-            take = min(n - j, _CHUNK_FRAMES - filled)
-            torch.mul(frames[j:j + take], window, out=chunk[filled:filled + take])
-            filled, j = filled + take, j + take
-            if filled == _CHUNK_FRAMES:
-                flush()
-                row, filled = row + filled, 0
+        for frames in _frame_pieces(x, n):
+            j, k = 0, frames.shape[0]
+            while j < k:
+                take = min(k - j, _CHUNK_FRAMES - filled)
+                torch.mul(frames[j:j + take], window, out=chunk[filled:filled + take])
+                filled, j = filled + take, j + take
+                if filled == _CHUNK_FRAMES:
+                    flush()
+                    row, filled = row + filled, 0
     if filled:
         flush()
 
@@ -256,8 +265,8 @@ def _log_mel_cpu(clips: list[np.ndarray], n_mels: int) -> list[np.ndarray]:
     # Whisper's log-mel of 1-D float32 clips (each longer than 200 samples) in one pass:
     # the power spectra of all clips' frames, then per clip the banded filters, log10 and
     # the 8.0 clamp on its own maximum. The filter matmuls have the clip's own shape (BLAS
-    # rounds a matrix's edge rows differently), so a clip's result is bit-for-bit the same
-    # whatever else is in the call.
+    # rounds a matrix's edge columns differently), so a clip's result is bit-for-bit the
+    # same whatever else is in the call.
     counts = [c.shape[0] // WHISPER_HOP_LENGTH for c in clips]
     total = sum(counts)
     n_bins = WHISPER_N_FFT // 2 + 1
@@ -268,10 +277,10 @@ def _log_mel_cpu(clips: list[np.ndarray], n_mels: int) -> list[np.ndarray]:
     for n in counts:
         rows = power[start:start + n]
         start += n
-        mel_t = _scratch("mel_t", n * n_mels).reshape(n, n_mels)
-        for i0, i1, c0, c1, w in bands:
-            np.matmul(rows[:, c0:c1], w, out=mel_t[:, i0:i1])
-        mel = np.maximum(mel_t.T, 1e-10)  # the transposing copy, with whisper's clamp
+        mel = np.empty((n_mels, n), np.float32)
+        for i0, i1, c0, c1, w in bands:  # [k, c] @ [c, n]: BLAS reads the rows transposed
+            np.matmul(w, rows[:, c0:c1].T, out=mel[i0:i1])
+        np.maximum(mel, 1e-10, out=mel)
         np.log10(mel, out=mel)
         np.maximum(mel, mel.max() - 8.0, out=mel)
         mel += 4.0
