@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch.utils.data as tud
 
 from .cache import prefetch_batches
@@ -36,8 +37,8 @@ class PlannedBatches(tud.IterableDataset):
 
 def warm_up(work: Any, pb: Any) -> None:
     """Read and decode the first sample of batch ``pb`` here, before the workers fork:
-    they inherit the decoders this imports (PIL, simplejpeg ...) and the tar index of
-    its shard instead of each loading them on its first batch.  The shard files are
+    they inherit the decoders this imports (PIL, simplejpeg ...) and the tar indexes of
+    the batch's shards instead of each loading them on its first batch.  The shard files are
     closed again (a forked worker must not share an open file's offset); a failure is
     left for the worker to report in context.  Not for video (one clip can take a
     second to decode: the workers do that in parallel)."""
@@ -45,5 +46,10 @@ def warm_up(work: Any, pb: Any) -> None:
         return
     with contextlib.suppress(Exception):
         work._one(int(pb.ids[0]), pb.size)
+        shards = np.searchsorted(work.starts, pb.ids, side="right") - 1
+        for sh in dict.fromkeys(shards.tolist()):  # the batch's tar indexes (header scans)
+            r, j = work.readers[work.owner[sh]], work.local[sh]
+            for url in (r.source.urls[j], *(v[j] for v in r.source.sidecars.values())):
+                r.index(url)
     for r in work.readers:
         r.close()
