@@ -16,6 +16,8 @@ Two measurements, each in a fresh child process that reports its own peak RSS
 
     python bench/plan_scale.py                       # the full run (about 15-25 min)
     python bench/plan_scale.py --plan-sizes 100000 --ingest-sizes 10000   # quick
+    git archive e861e41 mmshard | tar -x -C /tmp/before   # the code before, for
+    python bench/plan_scale.py --before /tmp/before         # ... e2e ingest before/after
 
 Writes bench/results/plan_scale.json and prints a table; /proc/loadavg is recorded beside
 every number (the machine may be shared).
@@ -150,12 +152,20 @@ def main() -> None:
     ap.add_argument("--child", nargs="+")
     ap.add_argument("--plan-sizes", default="100000,1000000,10000000")
     ap.add_argument("--old-max", type=int, default=1_000_000)
+    ap.add_argument("--modes", default="old,new", help="planners to measure: old,new")
     ap.add_argument("--ingest-sizes", default="10000,100000")
+    ap.add_argument("--before", default=None,
+                    help="a checkout (folder holding mmshard/) of the code before the "
+                         "streamed planner: its end-to-end ingest is measured too")
     ap.add_argument("--work", default=None, help="where the generated manifests go")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "plan_scale.json"))
+    ap.add_argument("--append", action="store_true",
+                    help="add to the results already in --out (a run split in parts)")
     a = ap.parse_args()
     if a.child:
         kind, *rest = a.child
+        if kind == "ingest" and len(rest) == 3:  # the ingest of another checkout (before)
+            sys.path.insert(0, rest.pop())
         res = child_plan(*rest) if kind == "plan" else child_ingest(*rest)
         res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(res))
@@ -163,11 +173,15 @@ def main() -> None:
     work = a.work or tempfile.mkdtemp(prefix="plan-scale-")
     os.makedirs(work, exist_ok=True)
     rows, results = [], {"machine": machine_info(), "plan": [], "ingest": []}
+    if a.append and os.path.exists(a.out):
+        with open(a.out) as f:
+            old_results = json.load(f)
+        results["plan"], results["ingest"] = old_results["plan"], old_results["ingest"]
     for n in [int(x) for x in a.plan_sizes.split(",") if x]:
         path = os.path.join(work, f"urls{n}.parquet")
         if not os.path.exists(path):
             gen_urls(path, n)
-        for mode in ("old", "new"):
+        for mode in a.modes.split(","):
             if mode == "old" and n > a.old_max:
                 continue
             r = {"rows": n, "mode": mode, **run_child("plan", mode, path)}
@@ -180,15 +194,18 @@ def main() -> None:
         folder = os.path.join(work, "imgs")
         os.makedirs(folder, exist_ok=True)
         manifest = gen_image_manifest(folder, n)
-        out = os.path.join(work, f"ds{n}")
-        shutil.rmtree(out, ignore_errors=True)
-        r = {"rows": n, **run_child("ingest", manifest, out)}
-        shutil.rmtree(out, ignore_errors=True)
-        results["ingest"].append(r)
-        rows.append({"what": "ingest e2e", "rows": n, "peak_rss_mb": r.get("peak_rss_mb"),
-                     "seconds": r.get("seconds"), "load": r.get("load_before")})
-        print(json.dumps(r), flush=True)
-        save_json(a.out, results)
+        for mode in (("before", "after") if a.before else ("after",)):
+            out = os.path.join(work, f"ds{n}")
+            shutil.rmtree(out, ignore_errors=True)
+            extra = (os.path.abspath(a.before),) if mode == "before" else ()
+            r = {"rows": n, "mode": mode, **run_child("ingest", manifest, out, *extra)}
+            shutil.rmtree(out, ignore_errors=True)
+            results["ingest"].append(r)
+            rows.append({"what": f"ingest e2e {mode}", "rows": n,
+                         "peak_rss_mb": r.get("peak_rss_mb"), "seconds": r.get("seconds"),
+                         "load": r.get("load_before")})
+            print(json.dumps(r), flush=True)
+            save_json(a.out, results)
     old = {r["rows"]: r for r in results["plan"] if r["mode"] == "old" and "peak_rss_mb" in r}
     for r in results["plan"]:
         if r["mode"] == "new" and r["rows"] in old and "peak_rss_mb" in r:

@@ -26,7 +26,7 @@ from typing import Any
 
 __all__ = ["ExternalSorter", "SpillFile"]
 
-_BLOCK = 2048
+_BLOCK = 256  # records per pickled block: a merge of R runs holds R blocks
 _first = itemgetter(0)
 
 

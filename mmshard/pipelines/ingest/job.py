@@ -1,6 +1,8 @@
 """``mmshard ingest``: raw images, audio, video and captions -> WebDataset shards.
 
-plan -> tasks -> commit.  The driver lists the sources (sorted, stable keys, duplicate
+plan -> tasks -> commit.  The driver plans in bounded memory (plan.py: manifests read in
+record batches and sorted through spill files; each task reads its shard's inputs from
+``_work/plan/``), lists the sources (sorted, stable keys, duplicate
 keys refused before any work), optionally hashes content for exact dedup, assigns whole
 groups to splits by a stable hash, cuts each split into shards by sample count and
 source bytes, runs one task per shard on the executor (skipping shards a previous run

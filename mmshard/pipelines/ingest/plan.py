@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # job.py imports this module
 __all__ = ["PlannedShard", "StreamedPlan", "cut_shards", "plan_inputs"]
 
 log = logging.getLogger(__name__)
-BATCH_ROWS = 65_536
+BATCH_ROWS = 16_384
 RUN_ROWS = 100_000
 
 
@@ -147,11 +147,12 @@ def _manifest_batches(src: str, batch_rows: int, whole: bool) -> Iterator[Any]:
     try:
         with open_input(src) as f:
             if lower.endswith(".parquet"):
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, pre_buffer=False)  # one row group read at a time
                 yield pf.schema_arrow.names
                 started = True
-                for b in pf.iter_batches(batch_size=batch_rows):
-                    yield b.to_pylist()
+                for rg in range(pf.num_row_groups):
+                    for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
+                        yield b.to_pylist()
                 return
             if not csv:
                 reader = pajson.open_json(f)

@@ -537,7 +537,9 @@ def tree_source_items(src: str, opts: SourceOptions, ignored: list[str]) -> list
 # -------------------------------------------------------------------------- entry
 def collect_inputs(sources: list[str] | tuple[str, ...], opts: SourceOptions
                    ) -> tuple[list[InputItem], list[str]]:
-    """All inputs of all sources, sorted by key, plus the files that were ignored.
+    """All inputs of all sources, sorted by key, plus the files that were ignored (in
+    memory; ``ingest`` plans through :func:`.plan.plan_inputs`, which gives the same
+    inputs in bounded memory).
 
     Raises SourceError before any work when a source cannot be listed or read, and when
     two inputs share a key (naming both, with the fix).
