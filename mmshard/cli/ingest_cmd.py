@@ -73,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="delete a previous dataset in --out and start clean")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-attempt only the inputs the ledger marks failed, in new shards")
+    p.add_argument("--plan-dir", default=None,
+                   help="local folder where planning spills its sorted runs (default: the "
+                        "system temporary folder; a 10M-row manifest needs a few GB)")
     p.add_argument("--storage-options", type=_json_object, default=None,
                    help="fsspec options for --out as JSON, e.g. "
                         "'{\"client_kwargs\": {\"endpoint_url\": \"http://127.0.0.1:9000\"}}'")
@@ -233,7 +236,7 @@ def summary(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.ingest.job import FailureRateError, ingest
+    from ..pipelines.ingest.job import FailureRateError, PlanOptions, ingest
 
     config = build_config(args)
     executor = make_executor_from_args(args)
@@ -241,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         result = ingest(args.sources, args.out, config, executor=executor,
                         progress=not args.no_progress, overwrite=args.overwrite,
                         retry_failed=args.retry_failed, storage_options=args.storage_options,
-                        download=build_download(args))
+                        download=build_download(args),
+                        plan=PlanOptions(folder=args.plan_dir))
     except FailureRateError as e:
         print(summary(e.result.stats))
         print(f"error: {e}")

@@ -206,3 +206,14 @@ def test_plan_options_are_validated():
 
     with pytest.raises(ConfigError, match="run_rows"):
         PlanOptions(run_rows=0)
+
+
+def test_cli_plan_dir_holds_the_spill_only_while_planning(tmp_path):
+    from mmshard.cli.main import main
+
+    sources = _corpus(tmp_path, n=5)
+    spill = tmp_path / "spill" / "here"
+    assert main(["ingest", *sources, "--out", str(tmp_path / "o"), "--executor", "local",
+                 "--plan-dir", str(spill), "--group-captions", "--no-progress"]) == 0
+    assert spill.is_dir() and not os.listdir(spill)  # its temporary folder is gone
+    assert (tmp_path / "o" / "index.json").exists()

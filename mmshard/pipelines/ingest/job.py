@@ -233,6 +233,8 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     t0 = time.perf_counter()
     storage = Storage(out, storage_options)
     plan_opts = plan or PlanOptions()
+    if plan_opts.folder:
+        os.makedirs(plan_opts.folder, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmshard-plan-", dir=plan_opts.folder) as work:
         # every SourceError (bad manifest, duplicate keys ...) is raised here, before any
         # write to the output; the inputs are spilled to ``work``, never all in memory
