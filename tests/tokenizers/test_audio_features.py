@@ -308,7 +308,7 @@ def test_ragged_batch_equals_single_clips(n_mels):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(min_value=201, max_value=9000), seed=st.integers(0, 2**16))
+@given(n=st.integers(min_value=201, max_value=120_000), seed=st.integers(0, 2**16))
 def test_frame_pieces_are_torch_stft_reflect_frames(n: int, seed: int) -> None:
     # the CPU path reads interior frames straight from the clip and pads only its ends;
     # together the pieces must be the frames torch.stft(center=True) takes, minus the last
@@ -319,7 +319,7 @@ def test_frame_pieces_are_torch_stft_reflect_frames(n: int, seed: int) -> None:
 
 @settings(max_examples=12, deadline=None)
 @given(
-    lengths=st.lists(st.integers(min_value=201, max_value=40_000), min_size=1, max_size=6),
+    lengths=st.lists(st.integers(min_value=201, max_value=100_000), min_size=1, max_size=5),
     chunk=st.sampled_from([7, 64, 2048]),
     group=st.sampled_from([5, 300, 1 << 14]),
     seed=st.integers(0, 2**16),
