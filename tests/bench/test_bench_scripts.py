@@ -124,3 +124,11 @@ def test_all_table_from_saved_results_runs_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     for col in ("work", "mmshard", "peer", "ratio", "goal", "met?"):
         assert col in printed
+
+
+def test_scale_tiny_dataset_is_read_whole_by_the_loader(tmp_path):
+    scale = _load("scale")
+    root = scale.make_tiny_dataset(tmp_path / "tiny", 25)
+    got = scale.loader_worker(str(root), workers=0, batch=8)
+    assert got["samples_delivered"] == 25 and got["batches"] == 4  # one rank: no padding
+    assert got["rss_after_8_more_plans_mb"] >= got["rss_after_import_mb"] > 0
