@@ -307,8 +307,8 @@ class ShardCache:
     def ensure(self, url: str, wait: bool = True) -> str | None:
         """Make ``url`` present and verified in the cache; return its local path.
         ``wait=False`` (prefetch): when another thread or process is downloading it
-        right now, or when it would fit only by going over ``cache_limit`` because of
-        other downloads in progress, return None at once instead of waiting."""
+        right now, or when it would fit only by going over ``cache_limit`` (downloads
+        in progress, pinned shards), return None at once instead of waiting."""
         name = self.name(url)
         if self._valid(url):
             return self._p("data", name)
