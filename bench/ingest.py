@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         item_threads_ab(args.n_real or 3000)
         return
     exe = None if args.skip_img2dataset else ensure_img2dataset()
+    start_info = machine_info()  # the load average before the runs, not after them
     sets: dict[str, Any] = {}
     for name in (("real", "synthetic") if args.set == "both" else (args.set,)):
         if name == "real":
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         sets[name] = run_set(name, args, exe, src, files, in_bytes, shard_size)
     if args.setup:
         return
-    info = {**machine_info(), "quick": args.quick, "workers": args.workers,
+    info = {**start_info, "quick": args.quick, "workers": args.workers,
             "img2dataset_threads": args.threads,
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
     if exe is not None:
@@ -527,15 +528,17 @@ def run_set(set_name: str, args: argparse.Namespace, exe: Path | None, src: Path
             order.append("img2dataset")
     for what in order:
         warm(files)
+        load = {"load1_before": round(os.getloadavg()[0], 2)}
         if what == "img2dataset":
             assert exe is not None
             record("img2dataset", "img2dataset", "resize256_q95",
-                   run_img2dataset(exe, files, work / "i2d", args.workers, args.threads,
-                                   shard_size))
+                   {**run_img2dataset(exe, files, work / "i2d", args.workers, args.threads,
+                                      shard_size), **load})
             shutil.rmtree(work / "i2d", ignore_errors=True)
         else:
             record(f"mmshard-{what}", "mmshard", "resize256_q95",
-                   run_mmshard(src, work / f"mm-{what}", what, args.workers, shard_size, True))
+                   {**run_mmshard(src, work / f"mm-{what}", what, args.workers, shard_size,
+                                  True), **load})
             shutil.rmtree(work / f"mm-{what}", ignore_errors=True)
 
     disk: dict[str, Any] = {}
@@ -557,7 +560,7 @@ def run_set(set_name: str, args: argparse.Namespace, exe: Path | None, src: Path
     print()
     print_table(runs, ["name", "task", "ok", "wall_s", "images_s", "job_images_s", "in_mb_s",
                        "out_mb_s", "cpu_ms_per_image", "peak_pss_mb", "peak_rss_mb",
-                       "max_procs"])
+                       "max_procs", "load1_before"])
     if disk:
         print()
         print_table(list(disk.values()), ["method", "bytes", "wall_s", "mb_s"])

@@ -122,10 +122,10 @@ class RayExecutor:
     The cluster is started (or joined) in the background: the constructor returns at
     once, so a job lists and plans its inputs while Ray starts, and the first
     :meth:`imap_unordered` waits for it (a failed start raises :class:`JobError` there).
-    An embedded cluster runs without the autoscaler monitor and the log monitor (one
-    node, no logs sent to the driver), and :meth:`close` stops it with SIGKILL rather
-    than a SIGTERM and a wait of up to a second per daemon: it holds nothing that
-    outlives the job.
+    An embedded cluster runs without the autoscaler monitor, the log monitor and the
+    dashboard API server (see :func:`_lean_head`), and :meth:`close` stops it with
+    SIGKILL rather than a SIGTERM and a wait of up to a second per daemon: it holds
+    nothing that outlives the job.
 
     >>> RayExecutor(2).workers  # known at once; the cluster is still starting  # doctest: +SKIP
     2
@@ -246,31 +246,40 @@ class RayExecutor:
 
 @contextlib.contextmanager
 def _lean_head(ray: Any) -> Iterator[None]:
-    """Within this block ``ray.init()`` starts a head node without the autoscaler monitor
-    and the log monitor: two Python daemons (about 0.8 CPU-s each to start, on the
-    critical path of ``ray.init``) that a one-node cluster whose logs are not sent to
-    the driver never needs.  A no-op if Ray's parameters ever lose these fields."""
-    params = getattr(getattr(ray, "_private", None), "parameter", None)
+    """Within this block ``ray.init()`` starts a head node without three Python daemons
+    that a one-node cluster whose logs are not sent to the driver never uses: the
+    autoscaler monitor, the log monitor, and the dashboard API server (with
+    ``include_dashboard=False`` it only hosts usage reporting, which ``ray.init`` turns
+    off, yet ``ray.init`` waits for it before it starts the raylet).  Each costs
+    0.8-1.2 CPU-s to start on the critical path of ``ray.init``.  Whatever of this
+    Ray's internals no longer offer is left as it is."""
+    private = getattr(ray, "_private", None)
+    params = getattr(private, "parameter", None)
+    node_cls = getattr(getattr(private, "node", None), "Node", None)
     base = getattr(params, "RayParams", None)
     try:
         fields = inspect.signature(base).parameters if base is not None else {}
     except (TypeError, ValueError):
         fields = {}
-    if "no_monitor" not in fields or "include_log_monitor" not in fields:
-        yield
-        return
+    api_server = getattr(node_cls, "start_api_server", None)
+    lean_params = "no_monitor" in fields and "include_log_monitor" in fields
+    if lean_params:
+        class LeanParams(base):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("no_monitor", True)
+                kwargs.setdefault("include_log_monitor", False)
+                super().__init__(*args, **kwargs)
 
-    class LeanParams(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("no_monitor", True)
-            kwargs.setdefault("include_log_monitor", False)
-            super().__init__(*args, **kwargs)
-
-    params.RayParams = LeanParams
+        params.RayParams = LeanParams
+    if api_server is not None:
+        node_cls.start_api_server = lambda self, **kwargs: None
     try:
         yield
     finally:
-        params.RayParams = base
+        if lean_params:
+            params.RayParams = base
+        if api_server is not None:
+            node_cls.start_api_server = api_server
 
 
 def _stop_embedded(ray: Any) -> None:
@@ -292,7 +301,8 @@ def _stop_embedded(ray: Any) -> None:
     if not any(procs.values()):
         ray.shutdown()
         return
-    doomed = process_tree([p.pid for ps in procs.values() for p in ps])
+    children = {p.pid: p for ps in procs.values() for p in ps}
+    doomed = process_tree(list(children))
     try:
         node.destroy_external_storage()  # spilled objects, if any (as ray.shutdown does)
     except Exception as e:
@@ -305,11 +315,13 @@ def _stop_embedded(ray: Any) -> None:
             p.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
-        kill_processes(doomed)
-        for ps in procs.values():
-            for p in ps:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=10)
+        kill_processes(doomed)  # GCS and the rest, and any worker or agent still alive
+        for p in children.values():  # our children: reaped here
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+        left = kill_processes(doomed, wait=5.0)  # re-parented ones: reaped by init
+        if left:
+            log.warning("Ray processes %s still there 5 s after SIGKILL", left)
 
 
 _SIGTERM_NOTE = "SIGTERM handler is not set because current thread is not the main thread"

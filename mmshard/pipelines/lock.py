@@ -336,12 +336,23 @@ def process_tree(roots: list[int]) -> dict[int, str | None]:
     return out
 
 
-def kill_processes(procs: dict[int, str | None]) -> None:
+def kill_processes(procs: dict[int, str | None], wait: float = 0.0) -> list[int]:
     """SIGKILL each process of ``procs`` (from :func:`process_tree`) that is still the
-    same process (same start time); gone ones are skipped."""
+    same process (same start time; gone ones are skipped), then wait up to ``wait``
+    seconds for them to be gone (a child of another process is reaped by its parent or,
+    once re-parented, by init).  Returns the pids still there after that."""
     import signal
 
-    for pid, ticks in procs.items():
-        if ticks is not None and _start_time(pid) == ticks and pid != os.getpid():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    def alive() -> list[int]:
+        return [pid for pid, ticks in procs.items()
+                if ticks is not None and pid != os.getpid() and _start_time(pid) == ticks]
+
+    for pid in alive():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    left = alive()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = alive()
+    return left
