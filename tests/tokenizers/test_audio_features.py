@@ -317,35 +317,35 @@ def test_frame_pieces_are_torch_stft_reflect_frames(n: int, seed: int) -> None:
     assert torch.equal(torch.cat(af._frame_pieces(x, n // 160)), ref)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
-    lengths=st.lists(st.integers(min_value=201, max_value=100_000), min_size=1, max_size=5),
-    chunk=st.sampled_from([7, 64, 2048]),
-    group=st.sampled_from([5, 300, 1 << 14]),
+    lengths=st.lists(st.integers(min_value=201, max_value=100_000), min_size=1, max_size=4),
+    chunk=st.sampled_from([7, 64, 1024]),
     seed=st.integers(0, 2**16),
 )
-def test_batch_is_bitwise_single_whatever_the_chunking(lengths, chunk, group, seed) -> None:
-    # clips split across FFT chunks and batch groups still give their one-clip results
+def test_batch_is_bitwise_single_whatever_the_chunking(lengths, chunk, seed) -> None:
+    # clips split across FFT chunks: batched results are the one-clip ones, bit for bit,
+    # the order of clips does not matter, and every result stays within 1e-5 of whisper
     rng = np.random.default_rng(seed)
     clips = [(rng.uniform(1e-3, 1) * rng.standard_normal(n)).astype(np.float32)
              for n in lengths]
-    singles = [log_mel_spectrogram(c, 80) for c in clips]
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(af, "_CHUNK_FRAMES", chunk)
-        mp.setattr(af, "_BATCH_FRAMES", group)
-        af._scratch_tls.__dict__.clear()
+        singles = [log_mel_spectrogram(c, 80) for c in clips]
         batch = af.log_mel_batch(clips, 80)
+        backwards = af.log_mel_batch(clips[::-1], 80)[::-1]
     finally:
         mp.undo()
-        af._scratch_tls.__dict__.clear()
-    for one, many in zip(singles, batch, strict=True):
-        assert torch.equal(one, many)
+    for clip, one, many, rev in zip(clips, singles, batch, backwards, strict=True):
+        assert torch.equal(one, many) and torch.equal(one, rev)
+        ref = whisper.log_mel_spectrogram(torch.from_numpy(clip), n_mels=80)
+        assert (one - ref).abs().max().item() <= PARITY_TOL
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_long_clip_across_chunks_equals_whisper(n_mels: int, synth) -> None:
-    x = synth.speech_like(16000 * 35 + 123)  # 3500 frames: two FFT chunks
+    x = synth.speech_like(16000 * 35 + 123)  # 3500 frames: four FFT chunks
     ref = whisper.log_mel_spectrogram(torch.from_numpy(x), n_mels=n_mels)
     ours = log_mel_spectrogram(x, n_mels)
     assert ours.shape == ref.shape and ours.is_contiguous()
