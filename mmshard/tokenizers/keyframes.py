@@ -1,11 +1,17 @@
 """Shot cuts and keyframes: a colour + luma content score with an adaptive threshold,
 dissolve detection, optional flow gating, or a learned detector (TransNetV2).
 
-The detector streams a video once, decoded at the analysis size by the decoder itself
-(PyAV scales while converting, so no full-size RGB frame is made), and keeps only a
-bounded state -- the last ``2 * gradual_window + 2`` small frames, a window of recent
-scores, and one small record per scene -- so memory does not grow with the video's
-length.  Keyframe thumbnails are decoded afterwards, only for the keyframes.
+The detector decodes a video once, in order, with no seek and no frame index built
+(:class:`~mmshard.media.video_scan.VideoScan`: multithreaded PyAV decode, the small
+analysis frame shrunk from the YUV planes, no full-size RGB conversion; frame numbers
+exactly those of :class:`VideoReader`).  Features are computed a batch of 32 frames at a
+time in numpy; the decisions then run over those numbers frame by frame.  The state is
+bounded -- the last ``2 * gradual_window`` small frames, the last ``2 * gradual_window +
+2`` decoded frames (for the keyframe thumbnails, which come from the same pass: exact
+frames, no second decode), a window of recent scores, one record and one thumbnail per
+scene -- so memory does not grow with the video's length.  Backends other than
+``auto``/``pyav`` stream small frames from :class:`VideoReader` and decode the
+thumbnails afterwards.
 
 Per frame ``t`` (at ``analysis_width``, HSV):
 
@@ -27,9 +33,11 @@ Per frame ``t`` (at ``analysis_width``, HSV):
 - ``min_scene_len`` frames between cuts.
 - ``gradual`` (on by default): frame ``c`` is the middle of a dissolve or fade when the
   frames ``K = gradual_window`` before and after it differ by more than
-  ``gradual_threshold`` while ``c`` is close to their average (a linear mix: residual
-  below ``gradual_linearity`` of their difference) and no hard change lies between
-  them; a run of such frames is one transition, reported once at its strongest frame.
+  ``gradual_threshold`` while ``c`` is close to their average (a linear mix: the mean
+  residual of 4x4-block RGB means below ``gradual_linearity`` of their mean difference;
+  the blocks average out the texture and noise of moving shots, which no mix explains)
+  and no hard change lies between them; a run of such frames is one transition,
+  reported once at its strongest frame.
 - ``method="transnetv2"``: the TransNetV2 network (``mmshard[video-ml]``, see
   :mod:`mmshard.tokenizers.transnet`) predicts the cuts instead; everything else
   (scenes, keyframes, thumbnails) is the same.
@@ -219,6 +227,22 @@ def _chi2s(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 0.5 * np.where(m, (a - b) ** 2 / np.where(m, s, 1.0), 0.0).sum(1)
 
 
+_POOL = 4  # block size of the dissolve test (4x4 blocks of the 64-wide analysis frame)
+
+
+def _pool(img: np.ndarray, f: int = 0) -> np.ndarray:
+    """``[N, h, w, C]`` frames as float32, averaged over ``f x f`` blocks (``_POOL``): the
+    dissolve's linear-mix test on block means of RGB (a cross-fade is linear in RGB),
+    where the fine texture and noise of a moving shot (which no mix explains) have
+    averaged out."""
+    f = f or _POOL
+    g = img.astype(np.float32)
+    if f == 1:
+        return g
+    n, h, w, ch = g.shape
+    return g[:, :h // f * f, :w // f * f].reshape(n, h // f, f, w // f, f, ch).mean((2, 4))
+
+
 class _Features:
     """Per-frame features of an in-order frame stream, a batch at a time (numpy):
     ``score``/``chi`` against the previous frame, and for the dissolve test at frame
@@ -230,12 +254,14 @@ class _Features:
     def __init__(self, k: int) -> None:
         self.k = k
         self.tail_hsv: np.ndarray | None = None
+        self.tail_rgb: np.ndarray | None = None
         self.tail_hist: np.ndarray | None = None
 
     def push(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
         k, b = self.k, len(imgs)
         hsv, hist = _hsv_batch(imgs), _hist_batch(imgs)
         allh = hsv if self.tail_hsv is None else np.concatenate([self.tail_hsv, hsv])
+        allr = imgs if self.tail_rgb is None else np.concatenate([self.tail_rgb, imgs])
         allq = hist if self.tail_hist is None else np.concatenate([self.tail_hist, hist])
         off = len(allh) - b  # position of this batch's first frame in allh
         pos = np.arange(off, off + b)
@@ -248,14 +274,12 @@ class _Features:
         p = pos[pos >= 2 * k]
         if len(p):
             out["dk"][p - off] = _scores(allh[p], allh[p - 2 * k])
-            a = allh[p - 2 * k, ..., 2].astype(np.float32)
-            z = allh[p, ..., 2].astype(np.float32)
-            c = allh[p - k, ..., 2].astype(np.float32)
+            a, z, c = _pool(allr[p - 2 * k]), _pool(allr[p]), _pool(allr[p - k])
             out["span"][p - off] = np.abs(z - a).reshape(len(p), -1).mean(1)
             out["resid"][p - off] = np.abs(c - (a + z) / 2).reshape(len(p), -1).mean(1)
         out["grey"] = allh[..., 2]  # luma of [tail + batch] for flow gating
         out["grey_off"] = np.array(off)
-        self.tail_hsv, self.tail_hist = allh[-2 * k:], allq[-1:]
+        self.tail_hsv, self.tail_rgb, self.tail_hist = allh[-2 * k:], allr[-2 * k:], allq[-1:]
         return out
 
 
@@ -337,7 +361,7 @@ class KeyframeDetector:
     """
 
     name = "keyframes"
-    version = "2"
+    version = "3"
     config_class = KeyframesConfig
     storage_dtype = np.dtype(np.uint8)  # outputs are JSON + JPEG bytes, not an array
 
