@@ -67,6 +67,7 @@ class _ClipEncoder:
         st.codec_context.thread_count = 1
         st.codec_context.thread_type = "NONE"
         self.stream = st
+        self.time_base = time_base
         self.size = size
         self.frames = 0
         self.pts0: int | None = None
@@ -87,7 +88,11 @@ class _ClipEncoder:
         f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
 
         f.pts = pts - self.pts0
-        f.time_base = self.stream.time_base
+        # the pts count source ticks: the frame's time base is the codec's (the source's),
+        # never the stream's, which the MP4 muxer replaces on start_encoding (1/11988 for
+        # a 2997/125 AVI): a frame stamped with it is rescaled to pts 0 for every frame,
+        # x264 then sees duplicate timestamps and its rate control varies run to run
+        f.time_base = self.time_base
         for p in self.stream.encode(f):
             self.out.mux(p)
         self.frames += 1
@@ -121,13 +126,28 @@ class _ClipEncoder:
         if self.astream is not None:
             self._encode_audio()
         self.out.close()
-        return self.buf.getvalue()
+        data = self.buf.getvalue()
+        self._release()
+        return data
+
+    def _release(self) -> None:
+        """Free the encoders now, not whenever the garbage collector gets to them: a
+        finished libx264 encoder left alive while the next clip's opens made the next
+        clip's bytes vary between runs (Megamind trailer, clips 2-3); freed first, the
+        next encoder's output is the same on every run."""
+        import gc
+
+        self.out = self.stream = self.astream = None  # type: ignore[assignment]
+        self.buf = io.BytesIO()
+        gc.collect()
 
     def abort(self) -> None:
         try:
-            self.out.close()
+            if self.out is not None:
+                self.out.close()
         except Exception:  # noqa: BLE001 - best effort cleanup of a failed clip
             pass
+        self._release()
 
 
 class _Audio:
@@ -145,10 +165,28 @@ class _Audio:
         self.resampler = av.AudioResampler(format="fltp",
                                            layout="stereo" if self.channels == 2 else "mono",
                                            rate=self.rate)
-        self.frames = self.container.decode(self.stream)
+        self.frames = self._decoded()
         self.pos: int | None = None  # next sample's index on the video timeline (0 = t0)
         self.first: int | None = None
         self.done = False
+        self.skipped = 0  # packets that did not decode (counted, not fatal)
+
+    def _decoded(self) -> Iterator[Any]:
+        """Decoded audio frames; a packet that does not decode is skipped, not the end of
+        the track (the Megamind AVI's first AC3 packet is partial: stopping there lost
+        the whole soundtrack)."""
+        errors = av_errors()
+        for packet in self.container.demux(self.stream):
+            try:
+                yield from self.stream.decode(packet)
+            except errors:
+                self.skipped += 1
+                if self.skipped > 64:
+                    return
+        try:
+            yield from self.stream.decode(None)
+        except errors:
+            return
 
     def advance_to(self, t_end: float, active: list[_ClipEncoder]) -> None:
         """Decode until ``t_end`` (video-relative seconds) and give every active clip
@@ -160,11 +198,13 @@ class _Audio:
             except (StopIteration, *av_errors()):
                 self.done = True
                 break
+            at = (int(round((float(frame.pts * self.stream.time_base) - self.t0) * self.rate))
+                  if frame.pts is not None else None)
             if self.pos is None:
-                start = (float(frame.pts * self.stream.time_base) - self.t0
-                         if frame.pts is not None else 0.0)
-                self.pos = int(round(start * self.rate))
-                self.first = self.pos
+                self.pos = self.first = at if at is not None else 0
+            elif at is not None and at - self.pos > max(frame.samples, 1):
+                # a skipped packet left a gap: silence keeps later samples at their time
+                self._give(np.zeros((self.channels, at - self.pos), np.float32), active)
             for out in self.resampler.resample(frame):
                 x = out.to_ndarray().astype(np.float32, copy=False)
                 self._give(x, active)
