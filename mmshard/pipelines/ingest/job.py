@@ -250,6 +250,7 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
         try:
             names, tasks, rounds, dup_rows = _plan_tasks(planned, storage, config, executor,
                                                          retry_failed, download)
+            planned.close()  # the spill is read: nothing left in ``work`` while tasks run
             _run(tasks, executor, progress, total_shards=len(names))
             remove_temporaries(storage)  # what a worker killed mid-write left behind
             name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"

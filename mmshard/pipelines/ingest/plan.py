@@ -354,6 +354,10 @@ class StreamedPlan:
         """The plan, one shard at a time (equal to ``plan_shards``'s list)."""
         return cut_shards(self.items(), self.config.max_samples, self.config.max_bytes)
 
+    def close(self) -> None:
+        """Delete the spilled runs (after the shards were read)."""
+        self._laid.remove()
+
 
 def _key_sorted(sources: Sequence[str], opts: SourceOptions, work: str, batch_rows: int,
                 run_rows: int, ignored: list[str]) -> ExternalSorter:
