@@ -375,6 +375,18 @@ def _resolve_list(src: ShardListSource) -> ResolvedSource:
 
 def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
     ds = open_dataset(src.root, src.storage_options)
+    if ds.storage.local:
+        return _resolve_opened(src, ds, None)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="mmshard-manifest") as pool:
+        # remote: the manifest's GET and parse overlap the sidecar listings
+        return _resolve_opened(src, ds, pool.submit(_read_manifest, ds))
+
+
+def _resolve_opened(src: DatasetSource, ds: Any, manifest: Any) -> ResolvedSource:
+    """:func:`_resolve_dataset` once ``ds`` is open; ``manifest``: a future of
+    :func:`_read_manifest` (None: read it here)."""
     shards = ds.shards(src.split)
     if not shards:
         splits = sorted({s.split for s in ds.index.shards})
@@ -397,7 +409,8 @@ def _resolve_dataset(src: DatasetSource) -> ResolvedSource:
             raise ShardError(f"sidecar {name!r} lacks shards {missing[:3]}: run its transform")
         _check_provenance(ds, name, side[name], shards)
         sidecars[name] = tuple(ds.shard_url(s, name) for s in shards)
-    meta, media = _manifest_meta(ds, shards)
+    meta, media = _manifest_meta(ds, shards,
+                                 _UNREAD if manifest is None else manifest.result())
     sums = {ds.shard_url(s): (s.filesize, s.sha256) for s in ds.index.shards}
     for name, idx in side.items():
         sums.update({ds.shard_url(s, name): (s.filesize, s.sha256) for s in idx.shards})
@@ -467,9 +480,15 @@ def _read_manifest(ds: Any) -> Any:
     return pf.read(columns=[c for c in _MANIFEST_COLUMNS if c in names])
 
 
-def _manifest_meta(ds: Any, shards: Sequence[Any]) -> tuple[SampleMeta, np.ndarray | None]:
+_UNREAD = object()
+
+
+def _manifest_meta(ds: Any, shards: Sequence[Any], table: Any = _UNREAD
+                   ) -> tuple[SampleMeta, np.ndarray | None]:
+    """Keys, groups, sizes and media bits per sample from ``table`` (the manifest as
+    :func:`_read_manifest` returns it; read here when not given)."""
     total = sum(s.nsamples for s in shards)
-    table = _read_manifest(ds)
+    table = _read_manifest(ds) if table is _UNREAD else table
     if table is None:
         return SampleMeta(num_samples=total), None
     cols = set(table.column_names)
