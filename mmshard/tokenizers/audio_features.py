@@ -11,9 +11,10 @@ Each feature has a frozen config and a tokenizer registered in ``TOKENIZERS``
 
 Whisper log-mel (``log_mel_spectrogram``) equals ``whisper.log_mel_spectrogram``
 (16 kHz, n_fft 400, hop 160, Slaney mel filters, log10, 8.0 dynamic-range clamp per clip,
-``(x + 4) / 4``) within 1e-4, takes ``[T]`` or ``[B, T]`` (the clamp is per clip), keeps
-the input's device (CUDA in, CUDA out) and builds its filterbank with librosa's maths
-instead of loading whisper's assets. Frames: ``T // 160`` (100 per second); with
+``(x + 4) / 4``) within 1e-5 on CPU (2.4e-7 measured over 200 real and synthetic
+clips; about 2.5x faster, one thread), takes ``[T]`` or ``[B, T]`` (the clamp is per
+clip), keeps the input's device (CUDA in, CUDA out) and builds its filterbank with
+librosa's maths instead of loading whisper's assets. Frames: ``T // 160`` (100 per second); with
 ``pad_or_trim=True`` always 3000 (audio padded/trimmed to 30 s first).
 
 Storage cost of float16 log-mel (2 bytes x bins x 100 frames/s x 3600 s, before tar and
