@@ -154,11 +154,12 @@ class _DistinctCount:
         self._parts: list[Any] = []
         self._base = self._pending = 0
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str | None]) -> None:
         import numpy as np
 
-        digests = b"".join(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest()
-                           for v in values)
+        digests = b"".join(hashlib.blake2b(
+            b"s" + v.encode("utf-8") if isinstance(v, str) else repr(v).encode(),
+            digest_size=8).digest() for v in values)
         self._parts.append(np.unique(np.frombuffer(digests, dtype=np.uint64)))
         self._pending += len(self._parts[-1])
         if self._pending > max(1 << 20, self._base):  # fold (amortised): repeats cost nothing
