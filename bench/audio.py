@@ -9,15 +9,16 @@ Two clip sets, both in one run by default:
   ``apt-get download`` into bench/data/speech and decoded by the ffmpeg CLI to float32
   mono 16 kHz. Skipped with a note when the package cannot be fetched.
 
-Every clip is computed by each implementation in turn (the order rotates per clip), for
-``--repeats`` passes; a clip's time is its fastest pass, and the totals are sums of those
-(load from other jobs hits every tool alike and the least disturbed run of each clip
-counts). Two clocks: wall time and the thread's CPU time (``time.thread_time``: what the
-computation itself cost, without the time other processes held the core). ``mmshard
-batch`` is one ``log_mel_batch`` call over the whole set per pass. librosa runs
-``librosa.feature.melspectrogram`` with the same STFT/filter parameters followed by
-whisper's log/clamp/scale. Parity: the max abs difference to ``whisper.log_mel_spectrogram``
-over every clip, and whether every batched result is bit-for-bit the one-clip one.
+Every clip is computed by each implementation in turn (in a seeded random order, new for
+every clip and pass), for ``--repeats`` passes; a clip's time is its fastest pass, and
+the totals are sums of those (load from other jobs hits every tool alike and the least
+disturbed run of each clip counts). Two clocks: wall time and the thread's CPU time
+(``time.thread_time``: what the computation itself cost, without the time other
+processes held the core). ``mmshard batch`` is one ``log_mel_batch`` call over the whole
+set per pass. librosa runs ``librosa.feature.melspectrogram`` with the same STFT/filter
+parameters followed by whisper's log/clamp/scale. Parity: the max abs difference to
+``whisper.log_mel_spectrogram`` over every clip, and whether every batched result is
+bit-for-bit the one-clip one.
 /proc/loadavg is recorded before and after each set.
 
     python bench/audio.py               # both sets: 50 synthetic + 150 real clips
@@ -125,10 +126,14 @@ def time_set(clips: list[np.ndarray], repeats: int) -> dict[str, dict]:
         wall = {k: [float("inf")] * n for k in names}
         cpu = {k: [float("inf")] * n for k in names}
         batch_wall, batch_cpu = float("inf"), float("inf")
-        for r in range(repeats):
+        order = np.random.default_rng(n_mels)
+        for _ in range(repeats):
             for i in range(n):
-                for j in range(len(names)):
-                    name = names[(i + r + j) % len(names)]
+                # a fresh random order per clip and pass: with a fixed cyclic order the
+                # same tool would always run right after the same other one (and inherit
+                # its cache and heap state)
+                for j in order.permutation(len(names)):
+                    name = names[j]
                     c0, t0 = time.thread_time(), time.perf_counter()
                     impls[name](i, n_mels)
                     t1, c1 = time.perf_counter(), time.thread_time()
