@@ -29,7 +29,9 @@ printed beside mmshard's.
 
 Prints a table (peak RSS for 1 min and 30 min, the ratio and the growth in MiB; the
 goal is a ratio <= 1.5) and writes bench/results/video_long.json with /proc/loadavg
-before and after every run.
+before and after every run.  When bench/video_real.py has fetched the Megamind trailer
+(Debian opencv-doc), it is also cut into 2-second clips in three clean processes and the
+clips' sha256 compared (the determinism check of issue 14).
 
     python bench/video_long.py                 # the check (about 3 min on 2 loaded cores)
     python bench/video_long.py --fps 5 --minutes 10
@@ -129,6 +131,28 @@ def run_video(tag: str, video: Path, executor: str, segment_peer: bool) -> dict[
     return out
 
 
+MEGAMIND = ROOT / "bench" / "data" / "real" / "src" / "megamind.avi"  # bench/video_real.py
+_CUT = """
+import hashlib, sys
+from mmshard.pipelines.clips import ClipsConfig, cut_clips, plan_video_clips
+data = open(sys.argv[1], "rb").read()
+cfg = ClipsConfig(window_s=2.0)
+clips, _ = plan_video_clips("v", data, cfg)
+print(" ".join(hashlib.sha256(m).hexdigest()[:12] for _, m, _ in cut_clips(data, clips, cfg)))
+"""
+
+
+def megamind_runs(n: int = 3) -> dict | None:
+    """Cut the Megamind trailer (AVI, MPEG-4 Part 2 packed B-frames, AC3) into 2-second
+    clips in ``n`` clean processes: the clip sha256s must agree (issue 14's drift)."""
+    if not MEGAMIND.exists():
+        return None
+    runs = [subprocess.run([sys.executable, "-c", _CUT, str(MEGAMIND)], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(n)]
+    return {"runs": runs, "identical": all(r == runs[0] for r in runs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fps", type=int, default=2)
@@ -160,8 +184,12 @@ def main() -> None:
     print(f"video bytes (MiB): {sizes}; 1280x720 @ {args.fps} fps; loadavg now "
           f"{_loadavg()}")
     print_table(rows, list(rows[0]))
+    mm = megamind_runs()
+    if mm is not None:
+        print(f"megamind.avi, 2 s clips, 3 clean runs byte-identical: {mm['identical']}")
     info["loadavg_at_end"] = _loadavg()
-    save_json(RESULT, {"machine": info, "video_mib": sizes, "rows": rows, "runs": runs})
+    save_json(RESULT, {"machine": info, "video_mib": sizes, "rows": rows, "runs": runs,
+                       "megamind_clips": mm})
     print(f"wrote {RESULT.relative_to(ROOT)}")
 
 

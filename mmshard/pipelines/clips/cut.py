@@ -36,6 +36,30 @@ ENCODER = "libx264"
 AUDIO_ENCODER = "aac"
 
 
+# x264 SIMD levels a clip may use, highest first (numpy's CPU feature name, x264's flags).
+# AVX2 / AVX-512 are left out: on the Megamind trailer their routines in the bundled
+# libx264 (core 165) read uninitialised memory (valgrind: "use of uninitialised value"
+# under x264_encoder_encode) and clips 2-3 changed between clean runs; up to AVX, three
+# runs are byte-identical (as with asm=0), and the bytes no longer depend on whether a
+# worker's CPU has AVX2 or AVX-512.
+_X264_LEVELS = (("AVX", "MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,AVX"),
+                ("SSE42", "MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2"),
+                ("SSE2", "MMX2,SSE,SSE2"))
+
+
+def x264_asm() -> str | None:
+    """The ``asm`` flags libx264 gets: this CPU's x86 SIMD up to AVX (all of which the
+    CPU has), or None (x264's own choice) off x86."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:  # pragma: no cover - numpy < 2
+        return None
+    for feature, flags in _X264_LEVELS:
+        if all(cpu.get(f) for f in ("SSE", "SSE2", feature)):
+            return flags
+    return None
+
+
 def _even(x: float) -> int:
     return max(2, int(x) - int(x) % 2)
 
@@ -61,6 +85,9 @@ class _ClipEncoder:
                 "flags": "+bitexact"}
         if config.gop:
             opts.update(g=str(config.gop), keyint_min=str(min(config.gop, 25)))
+        asm = x264_asm()
+        if asm:
+            opts["x264-params"] = f"asm={asm}"
         st.options = opts
         # one x264 thread (frame threads make the bytes depend on timing); PyAV would
         # otherwise set its own thread count over the "threads" option
@@ -131,15 +158,10 @@ class _ClipEncoder:
         return data
 
     def _release(self) -> None:
-        """Free the encoders now, not whenever the garbage collector gets to them: a
-        finished libx264 encoder left alive while the next clip's opens made the next
-        clip's bytes vary between runs (Megamind trailer, clips 2-3); freed first, the
-        next encoder's output is the same on every run."""
-        import gc
-
+        """Drop the muxer and encoders (and the output buffer) as soon as a clip is done:
+        a finished clip holds no encoder memory while the next ones run."""
         self.out = self.stream = self.astream = None  # type: ignore[assignment]
         self.buf = io.BytesIO()
-        gc.collect()
 
     def abort(self) -> None:
         try:
