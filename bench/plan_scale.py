@@ -2,7 +2,9 @@
 bounded memory; issue 17: ingest memory flat from 10k to 1M inputs).
 
 Two measurements, each in a fresh child process that reports its own peak RSS
-(``ru_maxrss``: the exact high-water mark of the process, threads included) and time:
+(``VmHWM`` from /proc/self/status: the high-water mark of its memory, threads included;
+``ru_maxrss`` is kept beside it, but it can carry the parent's RSS across the fork/exec
+that started the child) and time:
 
 1. **planning** a LAION-like URL Parquet (``url``, ``caption``; generated with pyarrow in
    chunks, never whole in memory) of 100k / 1M / 10M rows: ``old`` = the in-memory path
@@ -42,6 +44,14 @@ from bench._common import machine_info, print_table, save_json  # noqa: E402
 
 WORDS = ("a photo of the red small cat dog on in with blue large old new city beach mountain "
          "sunset portrait people car tree house street vintage art design logo").split()
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def _load() -> str:
@@ -167,7 +177,10 @@ def main() -> None:
         if kind == "ingest" and len(rest) == 3:  # the ingest of another checkout (before)
             sys.path.insert(0, rest.pop())
         res = child_plan(*rest) if kind == "plan" else child_ingest(*rest)
-        res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        # VmHWM: this process's own high-water mark (ru_maxrss can carry the parent's
+        # RSS across the fork/exec that started it)
+        res["peak_rss_mb"] = _hwm_mb()
+        res["ru_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(res))
         return
     work = a.work or tempfile.mkdtemp(prefix="plan-scale-")
