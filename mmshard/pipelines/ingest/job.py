@@ -235,42 +235,44 @@ def ingest(sources: Sequence[str], out: str, config: IngestConfig | None = None,
     plan_opts = plan or PlanOptions()
     if plan_opts.folder:
         os.makedirs(plan_opts.folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mmshard-plan-", dir=plan_opts.folder) as work:
-        # every SourceError (bad manifest, duplicate keys ...) is raised here, before any
-        # write to the output; the inputs are spilled to ``work``, never all in memory
-        planned = plan_inputs(list(sources), config, work, batch_rows=plan_opts.batch_rows,
-                              run_rows=plan_opts.run_rows)
-        job = _fingerprint(config, sources)
-        if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
-            raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; "
-                           "run without --retry-failed first")
-        prepare_output(storage, job, overwrite, mismatch=_mismatch(job, storage))
-        own_executor = executor is None
-        executor = executor or make_executor("ray")
-        try:
-            names, tasks, rounds, dup_rows = _plan_tasks(planned, storage, config, executor,
-                                                         retry_failed, download)
-            planned.close()  # the spill is read: nothing left in ``work`` while tasks run
-            _run(tasks, executor, progress, total_shards=len(names))
-            remove_temporaries(storage)  # what a worker killed mid-write left behind
-            name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
-            run_stats = {"seconds": round(time.perf_counter() - t0, 3),
-                         "executor": type(executor).__name__, "workers": executor.workers,
-                         "resumed_shards": len(names) - len(tasks),
-                         "retry_rounds": len(rounds), "ignored_files": len(planned.ignored),
-                         "download": _download_record(download)}
-            shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
-            latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
-                            for it in s.items}
-            stats = commit_dataset(storage, name=name, shard_order=names,
-                                   extra_ledger=dup_rows + _ignored_rows(planned.ignored),
-                                   config=job, run_stats=run_stats, shard_round=shard_round,
-                                   latest_round=latest_round, labels=planned.labels)
-            storage.remove_tree(PLAN_DIR)  # the tasks' inputs: committed, no longer needed
-        finally:
-            if own_executor:
-                executor.close()
-            release_output(storage)  # also after an error: the next run resumes
+    own_executor = executor is None
+    executor = executor or make_executor("ray")  # a Ray cluster starts while we plan
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmshard-plan-", dir=plan_opts.folder) as work:
+            # every SourceError (bad manifest, duplicate keys ...) is raised here, before any
+            # write to the output; the inputs are spilled to ``work``, never all in memory
+            planned = plan_inputs(list(sources), config, work, batch_rows=plan_opts.batch_rows,
+                                  run_rows=plan_opts.run_rows)
+            job = _fingerprint(config, sources)
+            if retry_failed and not (storage.exists(JOB_FILE) and storage.exists("ledger.parquet")):
+                raise JobError(f"nothing to retry in {storage.root}: no finished ingest there; "
+                               "run without --retry-failed first")
+            prepare_output(storage, job, overwrite, mismatch=_mismatch(job, storage))
+            try:
+                names, tasks, rounds, dup_rows = _plan_tasks(planned, storage, config, executor,
+                                                             retry_failed, download)
+                planned.close()  # the spill is read: nothing left in ``work`` while tasks run
+                _run(tasks, executor, progress, total_shards=len(names))
+                remove_temporaries(storage)  # what a worker killed mid-write left behind
+                name = config.name or os.path.basename(storage.root.rstrip("/")) or "dataset"
+                run_stats = {"seconds": round(time.perf_counter() - t0, 3),
+                             "executor": type(executor).__name__, "workers": executor.workers,
+                             "resumed_shards": len(names) - len(tasks),
+                             "retry_rounds": len(rounds), "ignored_files": len(planned.ignored),
+                             "download": _download_record(download)}
+                shard_round = {s.name: r + 1 for r, rnd in enumerate(rounds) for s in rnd}
+                latest_round = {it.key: r + 1 for r, rnd in enumerate(rounds) for s in rnd
+                                for it in s.items}
+                stats = commit_dataset(storage, name=name, shard_order=names,
+                                       extra_ledger=dup_rows + _ignored_rows(planned.ignored),
+                                       config=job, run_stats=run_stats, shard_round=shard_round,
+                                       latest_round=latest_round, labels=planned.labels)
+                storage.remove_tree(PLAN_DIR)  # the tasks' inputs: committed, no longer needed
+            finally:
+                release_output(storage)  # also after an error: the next run resumes
+    finally:
+        if own_executor:
+            executor.close()
     result = IngestResult(out=storage.root, stats=stats)
     check_failure_rate(result, config.max_failure_rate, storage.path("ledger.parquet"))
     return result
