@@ -32,18 +32,56 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ..errors import DataError
+from ..errors import DataError, ShardError
 from ..storage import Storage
-from ..tario import HashingWriter, TarWriter
+from ..tario import HashingWriter, TarWriter, index_tar, iter_tar
 from .executor import Executor, TaskLost
 
-__all__ = ["PARTS_DIR", "PartRecord", "ShardOutput", "av_errors", "ledger_row", "lost_rows",
-           "part_name", "run_tasks"]
+__all__ = ["PARTS_DIR", "PartRecord", "ShardOutput", "av_errors", "base_samples", "ledger_row",
+           "lost_rows", "part_name", "run_tasks"]
 
 log = logging.getLogger(__name__)
 PARTS_DIR = "_work/parts"
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def base_samples(storage: Storage, url: str, *, salvage: bool = False
+                 ) -> Iterator[dict[str, Any]]:
+    """The samples of a base shard in tar order, ``{"__key__", "__url__", field: ...}``.
+
+    On local storage a video member stays in the tar: it is a
+    :class:`~mmshard.media.video_reader.FileRange` the decoders read in place, so a task's
+    memory does not grow with the size of a video; the small members are read as bytes.
+    Remote shards are streamed (:func:`~mmshard.tario.iter_tar`, every member as bytes).
+    A damaged local tar raises ShardError from its index, or, with ``salvage=True``, is
+    streamed instead so the samples before the damage are still yielded (then the error).
+    """
+    from ..keys import VIDEO_EXTS
+    from ..media.video_reader import FileRange
+
+    if storage.local:
+        path = storage.path(url)
+        exts = set(VIDEO_EXTS.values())
+        with open(path, "rb") as f:
+            try:
+                keys, members = index_tar(f, path)
+            except ShardError:
+                if not salvage:
+                    raise
+            else:
+                for key, fields in zip(keys, members, strict=True):
+                    sample: dict[str, Any] = {"__key__": key, "__url__": path}
+                    for fld, (offset, size) in fields.items():
+                        if fld.rsplit(".", 1)[-1] in exts:
+                            sample[fld] = FileRange(path, offset, size)
+                        else:
+                            f.seek(offset)
+                            sample[fld] = f.read(size)
+                    yield sample
+                return
+    with storage.open_read(url) as f:
+        yield from iter_tar(f, url=storage.path(url))
 
 
 def part_name(shard: str, parts_dir: str = PARTS_DIR) -> str:

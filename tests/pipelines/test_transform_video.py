@@ -200,3 +200,32 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
         assert files == 16
         grew.append(g)
     assert grew[1] < grew[0] + 24 * 2**20, grew
+
+
+def test_videos_read_in_place_give_the_same_sidecars_as_bytes(tmp_path, monkeypatch):
+    """frames and keyframes read a local shard's videos in place (FileRange into the tar,
+    memory flat in video size); their sidecars equal those computed from the bytes."""
+    import mmshard.pipelines.transform.job as tjob
+    from mmshard.media.video_reader import FileRange
+    from mmshard.pipelines.task import base_samples
+    from mmshard.storage import Storage
+
+    src = tmp_path / "src"
+    os.makedirs(src)
+    write_shots(src / "a.mp4", [("texture", 20), ("gradient", 20)], w=64, h=48, seed=4)
+    write_cfr(src / "b.mp4", 30, w=64, h=48)
+    ds = tmp_path / "ds"
+    ingest([str(src)], str(ds), IngestConfig(name="t"), executor=LocalExecutor(1))
+    shard = open_dataset(str(ds)).index.shards[0].url
+    got = list(base_samples(Storage(str(ds)), shard))
+    assert all(isinstance(s["mp4"], FileRange) for s in got) and len(got) == 2
+    fields = {"frames": {"num_frames": 4, "size": 32, "training": True},
+              "keyframes": {}}
+    outs = []
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(tjob, "_IN_PLACE_VIDEO", frozenset())
+        tokenize(str(ds), fields, executor=LocalExecutor(1), overwrite=True)
+        outs.append({n: sorted((ds / n).glob("*.tar"))[0].read_bytes()
+                     for n in ("frames", "keyframes")})
+    assert outs[0] == outs[1]

@@ -15,10 +15,10 @@ from ..._registry import config_to_dict
 from ...dataset import ShardInfo
 from ...errors import DataError
 from ...keys import VIDEO_EXTS
-from ...media.video_reader import FileRange
 from ...storage import Storage
-from ...tario import TarWriter, index_tar, iter_tar
+from ...tario import TarWriter, iter_tar
 from ..task import PartRecord, ShardOutput
+from ..task import base_samples as _base_samples
 from .config import ClipsConfig
 from .cut import cut_clips
 from .plan import plan_video_clips
@@ -53,30 +53,6 @@ def _video_field(sample: dict[str, Any]) -> str | None:
     exts = set(VIDEO_EXTS.values())
     fields = sorted(k for k in sample if not k.startswith("__") and k.rsplit(".", 1)[-1] in exts)
     return fields[0] if fields else None
-
-
-def _base_samples(base: Storage, url: str) -> Iterator[dict[str, Any]]:
-    """The samples of a base shard in tar order.  On local storage a video member stays
-    in the tar: it is a :class:`FileRange` the decoder reads in place, so a task's memory
-    does not grow with the size of a video; the small members are read.  Remote shards
-    are streamed whole (:func:`iter_tar`)."""
-    if not base.local:
-        with base.open_read(url) as f:
-            yield from iter_tar(f, url=base.path(url))
-        return
-    path = base.path(url)
-    exts = set(VIDEO_EXTS.values())
-    with open(path, "rb") as f:
-        keys, members = index_tar(f, path)
-        for key, fields in zip(keys, members, strict=True):
-            sample: dict[str, Any] = {"__key__": key, "__url__": path}
-            for fld, (offset, size) in fields.items():
-                if fld.rsplit(".", 1)[-1] in exts:
-                    sample[fld] = FileRange(path, offset, size)
-                else:
-                    f.seek(offset)
-                    sample[fld] = f.read(size)
-            yield sample
 
 
 def _kf_iter(storage: Storage, url: str | None) -> Iterator[dict[str, Any]]:

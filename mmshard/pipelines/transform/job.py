@@ -98,19 +98,33 @@ def _decode_all(sample: dict[str, Any], modalities: set[str]) -> dict[str, Any]:
     return media
 
 
-def _read_shard(storage: Storage, task: TransformTask, flush: Callable[[list], None]
-                ) -> tuple[list[str], ShardError | None]:
+#: field sets whose video input may be a FileRange (read in place in the local tar);
+#: a plugin's video field set gets the bytes it was written for
+_IN_PLACE_VIDEO = frozenset({"frames", "keyframes"})
+
+
+def _read_shard(storage: Storage, task: TransformTask, flush: Callable[[list], None],
+                in_place: bool = False) -> tuple[list[str], ShardError | None]:
     """Stream the base shard ``batch_size`` samples at a time into ``flush``; return the
     keys read and, for a corrupt or truncated shard, the error that stopped the read
-    (the samples before it are still processed)."""
+    (the samples before it are still processed).  ``in_place``: videos of a local
+    shard come as FileRanges into the tar, not as bytes (memory flat in video size)."""
+    import contextlib
+
     from ...tario import iter_tar
+    from ..task import base_samples
 
     seen: list[str] = []
     chunk: list[dict[str, Any]] = []
     error: ShardError | None = None
     try:
-        with storage.open_read(task.shard.url) as f:
-            for s in iter_tar(f, url=storage.path(task.shard.url)):
+        with contextlib.ExitStack() as stack:
+            if in_place:
+                samples = base_samples(storage, task.shard.url, salvage=True)
+            else:
+                f = stack.enter_context(storage.open_read(task.shard.url))
+                samples = iter_tar(f, url=storage.path(task.shard.url))
+            for s in samples:
                 seen.append(s["__key__"])
                 chunk.append(s)
                 if len(chunk) >= task.batch_size:
@@ -165,7 +179,9 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
     with contextlib.ExitStack() as stack:
         outs = {n: stack.enter_context(ShardOutput(storage, f"{n}/{name}.tar", keep_empty=True,
                                                    url=f"{name}.tar")) for n in built}
-        seen, error = _read_shard(storage, task, flush)
+        in_place = all(fs.name in _IN_PLACE_VIDEO for fs in built.values()
+                       if fs.modality == "video")
+        seen, error = _read_shard(storage, task, flush, in_place=in_place)
     if error is not None:
         have = set(seen)
         lost = [k for k in task.keys if k not in have] or ["*"]

@@ -136,7 +136,7 @@ class FramesExtractor:
                 extra["keyframes"] = kf["keyframe_frames"] or kf["scene_starts"]
             elif self.sampler.name == "motion":
                 extra["motion"] = _motion(vr)
-            key = hashlib.sha256(video).hexdigest()[:16] if c.training else None
+            key = _sha256(video)[:16] if c.training else None
             picked = self.sampler.sample(meta.num_frames, meta.fps, timestamps=ts, key=key,
                                          training=c.training, **extra)
             idx = picked.indices
@@ -172,6 +172,17 @@ class FramesExtractor:
             doc["thinned_from"] = thinned_from
         out["frames.json"] = json.dumps(doc, sort_keys=True).encode()
         return out
+
+
+def _sha256(video: Any) -> str:
+    """Hex sha256 of a video's bytes, or of a FileRange read in 1 MiB pieces."""
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(video).hexdigest()
+    h = hashlib.sha256()
+    with video.open() as f:
+        while piece := f.read(1 << 20):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def _jpeg(img: np.ndarray, wh: tuple[int, int], quality: int) -> bytes:
