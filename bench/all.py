@@ -67,7 +67,8 @@ class Run:
 
 
 RUNS = {
-    "ingest": Run("ingest", ("--set", "real"), ("--quick", "--set", "real"),
+    "ingest": Run("ingest", ("--set", "real", "--skip-repack"),
+                  ("--quick", "--set", "real", "--skip-repack"),
                   "ingest_real.json"),
     "loader": Run("loader", ("--set", "real"), ("--quick", "--set", "real"), "loader.json",
                   out_flag=False),
