@@ -113,8 +113,11 @@ class TarIndex:
     tainted: dict[int, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     def __init__(self, keys: list[str], members: list[dict[str, tuple[int, int]]]) -> None:
-        self.keys = keys
-        self.members = members
+        # stored compactly (one string and numpy arrays, ~16 B per member + the key's
+        # bytes): every worker keeps the index of every shard it reads, and a list of
+        # dicts of tuples cost ~300 B per sample, so worker memory grew with the dataset
+        self.keys = _Keys(keys)
+        self.members = _Members(members)
         self._pos: dict[str, int] | None = None
 
     @classmethod
@@ -126,6 +129,68 @@ class TarIndex:
         if self._pos is None:
             self._pos = {k: i for i, k in enumerate(self.keys)}
         return self._pos.get(key)
+
+
+class _Keys(Sequence[str]):
+    """A read-only list of keys held as one string plus end offsets."""
+
+    __slots__ = ("_ends", "_text")
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._text = "".join(keys)
+        self._ends = np.cumsum([len(k) for k in keys], dtype=np.int64) if len(keys) else \
+            np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return int(self._ends.size)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # IndexError and negative indices as a list does
+        a = int(self._ends[i - 1]) if i else 0
+        return self._text[a:int(self._ends[i])]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Members(Sequence[dict[str, tuple[int, int]]]):
+    """``members[i]`` = ``{field: (data offset, size)}`` of sample i, held as numpy arrays
+    (one field-name tuple per distinct field set, offsets and sizes flat)."""
+
+    __slots__ = ("_names", "_off", "_set", "_size", "_start")
+
+    def __init__(self, members: Sequence[dict[str, tuple[int, int]]]) -> None:
+        ids: dict[tuple[str, ...], int] = {}
+        n = len(members)
+        self._set = np.empty(n, np.int32)
+        self._start = np.zeros(n + 1, np.int64)
+        flat: list[tuple[int, int]] = []
+        for i, m in enumerate(members):
+            self._set[i] = ids.setdefault(tuple(m), len(ids))
+            flat.extend(m.values())
+            self._start[i + 1] = len(flat)
+        self._names = list(ids)
+        arr = np.asarray(flat, np.int64).reshape(-1, 2)
+        self._off, self._size = arr[:, 0].copy(), arr[:, 1].copy()
+
+    def __len__(self) -> int:
+        return int(self._set.size)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        p = int(self._start[i])
+        return {f: (int(self._off[p + k]), int(self._size[p + k]))
+                for k, f in enumerate(self._names[self._set[i]])}
+
+    def end(self) -> int:
+        """The end offset of the last byte of any member (0 when empty)."""
+        return int((self._off + self._size).max()) if self._off.size else 0
 
 
 class ShardReader:
@@ -257,8 +322,7 @@ class ShardReader:
 def _cut_short(f: IO[bytes], idx: TarIndex) -> str | None:
     """Why a cleanly indexed tar is still truncated (a cut at a header boundary looks
     like the end of the archive to a header walk), or None."""
-    ends = [off + size for m in idx.members for off, size in m.values()]
-    end = (max(ends, default=0) + 511) // 512 * 512
+    end = (idx.members.end() + 511) // 512 * 512
     f.seek(0, 2)
     if f.tell() < max(end, 512):
         return "the file ends inside a member"
