@@ -224,7 +224,7 @@ def test_videos_read_in_place_give_the_same_sidecars_as_bytes(tmp_path, monkeypa
     outs = []
     for in_place in (True, False):
         if not in_place:
-            monkeypatch.setattr(tjob, "_IN_PLACE_VIDEO", frozenset())
+            monkeypatch.setattr(tjob, "_reads_in_place", lambda built: False)
         tokenize(str(ds), fields, executor=LocalExecutor(1), overwrite=True)
         outs.append({n: sorted((ds / n).glob("*.tar"))[0].read_bytes()
                      for n in ("frames", "keyframes")})

@@ -41,6 +41,9 @@ class FieldSet:
 
     ``compute_batch`` (optional) does the same for a list of media at once (one batched
     pass, e.g. on a GPU); it must give exactly what ``compute`` gives per item.
+    ``file_range``: a video ``compute`` also takes a
+    :class:`~mmshard.media.video_reader.FileRange` into the local shard tar (read in
+    place, never whole into memory); a field set written for bytes leaves it False.
     """
 
     name: str
@@ -49,6 +52,7 @@ class FieldSet:
     compute: Callable[[Any], dict[str, bytes]]
     provenance: dict[str, Any]
     compute_batch: Callable[[list[Any]], list[dict[str, bytes]]] | None = None
+    file_range: bool = False
 
 
 FIELD_SETS: Registry[Callable[[Mapping[str, Any], str, str], FieldSet]] = Registry("field set")
@@ -155,7 +159,8 @@ def _keyframes(options: Mapping[str, Any], device: str, out_name: str) -> FieldS
             out[f"kf.{i:03d}.jpg"] = jpg
         return out
 
-    return FieldSet("keyframes", "video", ("kf.json",), compute, det.provenance())
+    return FieldSet("keyframes", "video", ("kf.json",), compute, det.provenance(),
+                    file_range=True)
 
 
 @FIELD_SETS.register("emb")

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..executor import Executor, make_executor
 from ..lock import claim_output, release_output
 from ..result import JobResult
 from ..task import ShardOutput, lost_rows, part_name, run_tasks
-from .fields import FIELD_SETS, build_field_set, decode_medium
+from .fields import FIELD_SETS, FieldSet, build_field_set, decode_medium
 
 __all__ = ["TokenizeConfig", "TransformResult", "tokenize"]
 
@@ -98,9 +98,10 @@ def _decode_all(sample: dict[str, Any], modalities: set[str]) -> dict[str, Any]:
     return media
 
 
-#: field sets whose video input may be a FileRange (read in place in the local tar);
-#: a plugin's video field set gets the bytes it was written for
-_IN_PLACE_VIDEO = frozenset({"frames", "keyframes"})
+def _reads_in_place(built: Iterable[FieldSet]) -> bool:
+    """Whether videos may come as FileRanges into the local tar: every video field set
+    takes one (``FieldSet.file_range``); else each gets the bytes it was written for."""
+    return all(fs.file_range for fs in built if fs.modality == "video")
 
 
 def _read_shard(storage: Storage, task: TransformTask, flush: Callable[[list], None],
@@ -179,9 +180,7 @@ def run_transform_task(task: TransformTask) -> dict[str, int]:
     with contextlib.ExitStack() as stack:
         outs = {n: stack.enter_context(ShardOutput(storage, f"{n}/{name}.tar", keep_empty=True,
                                                    url=f"{name}.tar")) for n in built}
-        in_place = all(fs.name in _IN_PLACE_VIDEO for fs in built.values()
-                       if fs.modality == "video")
-        seen, error = _read_shard(storage, task, flush, in_place=in_place)
+        seen, error = _read_shard(storage, task, flush, in_place=_reads_in_place(built.values()))
     if error is not None:
         have = set(seen)
         lost = [k for k in task.keys if k not in have] or ["*"]

@@ -214,4 +214,5 @@ def _motion(vr: Any, width: int = 64) -> np.ndarray:
 @FIELD_SETS.register("frames")
 def _frames(options: Mapping[str, Any], device: str, out_name: str) -> FieldSet:
     ex = FramesExtractor.from_options(options)
-    return FieldSet("frames", "video", ("frames.json",), ex.compute, ex.provenance())
+    return FieldSet("frames", "video", ("frames.json",), ex.compute, ex.provenance(),
+                    file_range=True)
