@@ -151,13 +151,6 @@ def _hsv(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
 
 
-def _hist(img: np.ndarray, bins: int = 8) -> np.ndarray:
-    import cv2
-
-    h = cv2.calcHist([img], [0, 1, 2], None, [bins] * 3, [0, 256] * 3).ravel()
-    return h / max(float(h.sum()), 1.0)
-
-
 def content_score(a_hsv: np.ndarray, b_hsv: np.ndarray) -> float:
     """Mean absolute change of hue (circular), saturation and value, in ``[0, 1]``.
 
@@ -165,9 +158,7 @@ def content_score(a_hsv: np.ndarray, b_hsv: np.ndarray) -> float:
     >>> content_score(z, z)
     0.0
     """
-    d = np.abs(a_hsv.astype(np.int16) - b_hsv.astype(np.int16))
-    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])  # hue wraps around
-    return float(d.mean()) / 255.0
+    return float(_scores(a_hsv[None], b_hsv[None])[0])
 
 
 def hist_chi2(a: np.ndarray, b: np.ndarray) -> float:
@@ -176,9 +167,7 @@ def hist_chi2(a: np.ndarray, b: np.ndarray) -> float:
     >>> hist_chi2(np.array([1.0, 0.0]), np.array([0.0, 1.0]))
     1.0
     """
-    s = a + b
-    m = s > 0
-    return float(0.5 * np.sum((a[m] - b[m]) ** 2 / s[m]))
+    return float(_chi2s(np.asarray(a, np.float64)[None], np.asarray(b, np.float64)[None])[0])
 
 
 def _even(x: float) -> int:
@@ -216,7 +205,7 @@ def _hist_batch(imgs: np.ndarray, bins: int = 8) -> np.ndarray:
 def _scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """:func:`content_score` of frame pairs ``a[i], b[i]`` (``[B, h, w, 3]`` HSV)."""
     d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])
+    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])  # hue wraps around
     return d.reshape(len(d), -1).mean(1) / 255.0
 
 
