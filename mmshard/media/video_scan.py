@@ -66,8 +66,11 @@ class ScanFrame(NamedTuple):
 
 
 def shrink_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A uint8 plane shrunk to ``size=(width, height)``: every ``s``-th pixel (``s`` keeps
-    at least three source pixels per output pixel each way), then area-averaged.
+    """A uint8 plane shrunk to ``size=(width, height)``: a plane at least 4x larger each
+    way is first resampled bilinearly to twice the size (each sample the mean of the 2x2
+    source pixels around it: cheap, it reads only those rows), then every output pixel
+    is the mean of a 2x2 block of those (OpenCV's area filter); a smaller plane is area
+    averaged directly.
 
     >>> shrink_plane(np.full((480, 640), 7, np.uint8), (64, 48)).shape
     (48, 64)
@@ -75,12 +78,24 @@ def shrink_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
     h, w = plane.shape[:2]
-    s = max(1, min(h // size[1], w // size[0]) // 3)
-    if s > 1:
-        plane = plane[s // 2::s, s // 2::s]
-    if (plane.shape[1], plane.shape[0]) == tuple(size):
+    tw, th = int(size[0]), int(size[1])
+    if w >= 4 * tw and h >= 4 * th:
+        plane = cv2.resize(plane, (2 * tw, 2 * th), interpolation=cv2.INTER_LINEAR)
+    if (plane.shape[1], plane.shape[0]) == (tw, th):
         return np.ascontiguousarray(plane)
-    return cv2.resize(plane, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(plane, (tw, th), interpolation=cv2.INTER_AREA)
+
+
+def _decode_threads() -> int:
+    """Decoder threads for a pass: one per CPU this process may run on (at most 16).
+    ffmpeg's own default (``thread_count=0``) is one more than the CPUs, which on a
+    small machine leaves the analysis thread fighting an extra decoder thread: measured
+    on 2 cores, 2 threads decode 6-19% faster than ffmpeg's default 3."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(16, n))
 
 
 def _even(x: float) -> int:
@@ -172,10 +187,8 @@ class VideoScan:
     # -- the pass -------------------------------------------------------------------
     def _decoded(self) -> Iterator[Any]:
         self._container, stream = _av_open(self._src)
-        if self.threads == 1:
-            stream.codec_context.thread_count = 1
-        else:
-            stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO"  # frame threads where the codec has them, else slices
+        stream.codec_context.thread_count = self.threads or _decode_threads()
         if self.fast:
             stream.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
         ctx = stream.codec_context
@@ -245,7 +258,7 @@ class VideoScan:
             return y
         u = shrink_plane(_plane(frame.planes[1]), size)
         v = shrink_plane(_plane(frame.planes[2]), size)
-        return cv2.cvtColor(np.dstack([y, v, u]), cv2.COLOR_YCrCb2RGB)  # Y, Cr, Cb order
+        return cv2.cvtColor(cv2.merge((y, v, u)), cv2.COLOR_YCrCb2RGB)  # Y, Cr, Cb order
 
     def close(self) -> None:
         """Release the decoder (also done when the pass ends)."""

@@ -5,7 +5,9 @@ The detector decodes a video once, in order, with no seek and no frame index bui
 (:class:`~mmshard.media.video_scan.VideoScan`: multithreaded PyAV decode, the small
 analysis frame shrunk from the YUV planes, no full-size RGB conversion; frame numbers
 exactly those of :class:`VideoReader`).  Features are computed a batch of 32 frames at a
-time in numpy; the decisions then run over those numbers frame by frame.  The state is
+time (one OpenCV call per feature over the batch, each frame's HSV image, histogram and
+block means computed once); the decisions then run over those numbers frame by frame.
+The state is
 bounded -- the last ``2 * gradual_window`` small frames, the last ``2 * gradual_window +
 2`` decoded frames (for the keyframe thumbnails, which come from the same pass: exact
 frames, no second decode), a window of recent scores, one record and one thumbnail per
@@ -41,6 +43,12 @@ Per frame ``t`` (at ``analysis_width``, HSV):
 - ``method="transnetv2"``: the TransNetV2 network (``mmshard[video-ml]``, see
   :mod:`mmshard.tokenizers.transnet`) predicts the cuts instead; everything else
   (scenes, keyframes, thumbnails) is the same.
+- ``decode="fast"``: the pass lets the decoder skip the in-loop deblocking filter
+  (H.264/HEVC; the other codecs decode exactly either way) and take FFmpeg's
+  non-bit-exact shortcuts; the thumbnails then come from those frames, so they are not
+  bit-exact (on the real-footage bench set 39-48 dB PSNR against the exact frames at
+  thumbnail size, about the loss of the JPEG itself).  ``"exact"`` (default) decodes
+  exactly.
 
 Output of :meth:`KeyframeDetector.detect`: the ``kf.json`` dict (scenes with start/end
 frames and times, cut kind and score, keyframes with their frame, time and thumbnail
@@ -74,6 +82,7 @@ __all__ = ["KeyframeDetector", "KeyframesConfig", "content_score", "detect_keyfr
 
 THRESHOLDS = ("fixed", "adaptive")
 METHODS = ("content", "transnetv2")
+DECODES = ("exact", "fast")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +112,7 @@ class KeyframesConfig:
     gradual_linearity: float = 0.3
     transnet_threshold: float = 0.5
     device: str = "auto"
+    decode: str = "exact"
     keyframe_offset: int = 6
     max_keyframes: int = 64
     thumb_size: int = 224
@@ -143,6 +153,9 @@ class KeyframesConfig:
             raise ConfigError("gradual_window must be >= 2 frames when gradual=True")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.decode not in DECODES:
+            raise ConfigError(f"decode must be one of {', '.join(DECODES)}; got "
+                              f"{self.decode!r}")
 
 
 def _hsv(img: np.ndarray) -> np.ndarray:
@@ -194,19 +207,28 @@ def _hsv_batch(imgs: np.ndarray) -> np.ndarray:
 def _hist_batch(imgs: np.ndarray, bins: int = 8) -> np.ndarray:
     """Normalised ``bins**3`` RGB histograms of ``[B, h, w, 3]`` frames, ``[B, bins**3]``
     (the bins of ``cv2.calcHist`` over ``[0, 256)`` per channel)."""
-    b = len(imgs)
-    q = (imgs >> (8 - int(np.log2(bins)))).astype(np.int32)
-    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    b, shift = len(imgs), int(np.log2(bins))
+    q = imgs >> (8 - shift)
+    idx = ((q[..., 0].astype(np.int32) << shift | q[..., 1]) << shift) | q[..., 2]
     idx = idx.reshape(b, -1) + (np.arange(b, dtype=np.int32) * bins ** 3)[:, None]
     h = np.bincount(idx.ravel(), minlength=b * bins ** 3).reshape(b, bins ** 3)
     return h / np.maximum(h.sum(1, keepdims=True), 1.0)
 
 
 def _scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`content_score` of frame pairs ``a[i], b[i]`` (``[B, h, w, 3]`` HSV)."""
-    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])  # hue wraps around
-    return d.reshape(len(d), -1).mean(1) / 255.0
+    """:func:`content_score` of frame pairs ``a[i], b[i]`` (``[B, h, w, 3]`` HSV):
+    ``|a - b|`` per channel (OpenCV, on the uint8 planes), the hue distance taken the
+    short way round the circle, summed exactly in integers."""
+    import cv2
+
+    n = len(a)
+    if n == 0:
+        return np.zeros(0)
+    d = cv2.absdiff(np.ascontiguousarray(a).reshape(n, -1),
+                    np.ascontiguousarray(b).reshape(n, -1)).reshape(a.shape)
+    hue = d[..., 0]
+    np.minimum(hue, np.negative(hue), out=hue)  # min(d, 256 - d): uint8 wraps at 256
+    return d.reshape(n, -1).sum(1, dtype=np.int64) / d[0].size / 255.0
 
 
 def _chi2s(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -223,52 +245,70 @@ def _pool(img: np.ndarray, f: int = 0) -> np.ndarray:
     """``[N, h, w, C]`` frames as float32, averaged over ``f x f`` blocks (``_POOL``): the
     dissolve's linear-mix test on block means of RGB (a cross-fade is linear in RGB),
     where the fine texture and noise of a moving shot (which no mix explains) have
-    averaged out."""
+    averaged out.  The rows and columns past the last whole block are dropped.
+
+    >>> _pool(np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1), 2)[0, ..., 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    import cv2
+
     f = f or _POOL
     g = img.astype(np.float32)
     if f == 1:
         return g
     n, h, w, ch = g.shape
-    return g[:, :h // f * f, :w // f * f].reshape(n, h // f, f, w // f, f, ch).mean((2, 4))
+    hh, ww = h // f * f, w // f * f
+    if n == 0 or hh == 0 or ww == 0:
+        return np.zeros((n, h // f, w // f, ch), np.float32)
+    # the frames stacked as one tall image: whole blocks never straddle two frames, and
+    # an integer-factor area resize is the exact block mean
+    g = np.ascontiguousarray(g[:, :hh, :ww]).reshape(n * hh, ww, ch)
+    out = cv2.resize(g, (ww // f, n * hh // f), interpolation=cv2.INTER_AREA)
+    return out.reshape(n, hh // f, ww // f, ch)
 
 
 class _Features:
-    """Per-frame features of an in-order frame stream, a batch at a time (numpy):
-    ``score``/``chi`` against the previous frame, and for the dissolve test at frame
-    ``t`` (middle ``t - K``, first ``t - 2K``) ``dk`` (content score of ``t`` against
-    ``t - 2K``), ``span`` (mean luma change between them) and ``resid`` (mean distance of
-    the middle frame from their average); NaN where the earlier frame does not exist.
-    The last ``2K`` frames are carried between batches, so memory is bounded."""
+    """Per-frame features of an in-order frame stream, a batch at a time (numpy and
+    OpenCV): ``score``/``chi`` against the previous frame, and for the dissolve test at
+    frame ``t`` (middle ``t - K``, first ``t - 2K``) ``dk`` (content score of ``t`` against
+    ``t - 2K``), ``span`` (mean change of the block means between them) and ``resid``
+    (mean distance of the middle frame's block means from their average); NaN where the
+    earlier frame does not exist.  Each frame's HSV image, histogram and block means are
+    computed once; the last ``2K`` of them are carried between batches, so memory is
+    bounded."""
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.tail_hsv: np.ndarray | None = None
-        self.tail_rgb: np.ndarray | None = None
+        self.tail_pool: np.ndarray | None = None
         self.tail_hist: np.ndarray | None = None
 
     def push(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
         k, b = self.k, len(imgs)
-        hsv, hist = _hsv_batch(imgs), _hist_batch(imgs)
-        allh = hsv if self.tail_hsv is None else np.concatenate([self.tail_hsv, hsv])
-        allr = imgs if self.tail_rgb is None else np.concatenate([self.tail_rgb, imgs])
-        allq = hist if self.tail_hist is None else np.concatenate([self.tail_hist, hist])
-        off = len(allh) - b  # position of this batch's first frame in allh
-        pos = np.arange(off, off + b)
+        hsv, hist, pooled = _hsv_batch(imgs), _hist_batch(imgs), _pool(imgs)
+        first = self.tail_hsv is None
+        allh = hsv if first else np.concatenate([self.tail_hsv, hsv])
+        allp = pooled if first else np.concatenate([self.tail_pool, pooled])
+        allq = hist if first else np.concatenate([self.tail_hist, hist])
+        off = len(allh) - b  # position of this batch's first frame in allh (and allp)
         out = {name: np.full(b, np.nan) for name in ("score", "chi", "dk", "span", "resid")}
-        p = pos[pos >= 1]
-        if len(p):
-            out["score"][p - off] = _scores(allh[p], allh[p - 1])
-            q = p - off + len(allq) - b  # the histograms carry one frame, not 2K
-            out["chi"][p - off] = _chi2s(allq[q], allq[q - 1])
-        p = pos[pos >= 2 * k]
-        if len(p):
-            out["dk"][p - off] = _scores(allh[p], allh[p - 2 * k])
-            a, z, c = _pool(allr[p - 2 * k]), _pool(allr[p]), _pool(allr[p - k])
-            out["span"][p - off] = np.abs(z - a).reshape(len(p), -1).mean(1)
-            out["resid"][p - off] = np.abs(c - (a + z) / 2).reshape(len(p), -1).mean(1)
+        s = max(0, 1 - off)  # the batch's first frame that has a previous frame
+        if s < b:
+            out["score"][s:] = _scores(allh[off + s:], allh[off + s - 1:-1])
+            qo = len(allq) - b  # the histograms carry one frame, not 2K
+            out["chi"][s:] = _chi2s(allq[qo + s:], allq[qo + s - 1:-1])
+        s = max(0, 2 * k - off)  # the first that has a frame 2K before it
+        if s < b:
+            lo, hi = off + s - 2 * k, off + b - 2 * k
+            out["dk"][s:] = _scores(allh[off + s:], allh[lo:hi])
+            a, z, c = allp[lo:hi], allp[off + s:], allp[lo + k:hi + k]
+            m = len(z)
+            if z[0].size:  # a frame lower than one block has no block means (NaN)
+                out["span"][s:] = np.abs(z - a).reshape(m, -1).mean(1)
+                out["resid"][s:] = np.abs(c - (a + z) / 2).reshape(m, -1).mean(1)
         out["grey"] = allh[..., 2]  # luma of [tail + batch] for flow gating
         out["grey_off"] = np.array(off)
-        self.tail_hsv, self.tail_rgb, self.tail_hist = allh[-2 * k:], allr[-2 * k:], allq[-1:]
+        self.tail_hsv, self.tail_pool, self.tail_hist = allh[-2 * k:], allp[-2 * k:], allq[-1:]
         return out
 
 
@@ -309,22 +349,33 @@ class _State:
 
 class _Keeper:
     """Keeps the keyframe thumbnails while the frames stream by: the last ``n`` frame
-    handles, and a JPEG of each frame that will be a keyframe (``grab(handle)``)."""
+    handles, and a JPEG of each frame that will be a keyframe (``grab(handle)``).  The
+    frames wanted are worked out again only when a scene is added (scenes are only
+    ever appended), so a frame costs a dict insert and a look at three numbers."""
 
     def __init__(self, n: int, offset: int, grab: Any) -> None:
         self.ring: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self.n, self.offset, self.grab = n, offset, grab
         self.kept: dict[int, bytes] = {}
+        self._scenes = -1
+        self._wants: list[int] = []
 
     def add(self, t: int, handle: Any, scenes: list[_Scene]) -> None:
-        self.ring[t] = handle
-        while len(self.ring) > self.n:
-            self.ring.popitem(last=False)
-        for j in range(max(0, len(scenes) - 3), len(scenes)):
-            want = scenes[j].start + self.offset
-            if j + 1 < len(scenes):
-                want = min(want, scenes[j + 1].start - 1)
-            self.take(want, t)
+        ring = self.ring
+        ring[t] = handle
+        if len(ring) > self.n:
+            ring.popitem(last=False)
+        if len(scenes) != self._scenes:  # the last three scenes' keyframes
+            self._scenes = len(scenes)
+            self._wants = []
+            for j in range(max(0, len(scenes) - 3), len(scenes)):
+                want = scenes[j].start + self.offset
+                if j + 1 < len(scenes):
+                    want = min(want, scenes[j + 1].start - 1)
+                self._wants.append(want)
+        for want in self._wants:
+            if want <= t:
+                self.take(want, t)
 
     def take(self, want: int, t: int) -> None:
         if want <= t and want not in self.kept and want in self.ring:
@@ -350,7 +401,7 @@ class KeyframeDetector:
     """
 
     name = "keyframes"
-    version = "3"
+    version = "4"
     config_class = KeyframesConfig
     storage_dtype = np.dtype(np.uint8)  # outputs are JSON + JPEG bytes, not an array
 
@@ -426,7 +477,7 @@ class KeyframeDetector:
 
             scan = VideoScan(source, size=SIZE, threads=0)
         else:
-            scan = VideoScan(source, width=c.analysis_width)
+            scan = VideoScan(source, width=c.analysis_width, fast=c.decode == "fast")
         thumb_wh = self._thumb_wh(*scan.frame_size)
         keeper = _Keeper(2 * c.gradual_window + 2, c.keyframe_offset, lambda fr: self._jpeg(
             fr.to_ndarray(format="rgb24"), thumb_wh))

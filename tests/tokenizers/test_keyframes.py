@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _video_media import shot_frames, write_frames, write_shots, write_vfr  # noqa: E402
@@ -234,3 +236,46 @@ def test_one_pass_and_reader_paths_agree_and_thumbnails_are_exact_frames(hard):
     # the reader path (another backend) finds the same scenes
     kf3, _ = KeyframeDetector(KeyframesConfig(thumb_size=96, backend="opencv")).detect(path)
     assert kf3["scene_starts"] == kf["scene_starts"]
+
+
+def _naive_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    d[..., 0] = np.minimum(d[..., 0], 256 - d[..., 0])  # hue: the short way round
+    return d.reshape(len(d), -1).mean(1) / 255.0
+
+
+def _naive_hist(img: np.ndarray) -> np.ndarray:
+    h = cv2.calcHist([np.ascontiguousarray(img)], [0, 1, 2], None, [8, 8, 8],
+                     [0, 256] * 3).ravel().astype(np.float64)
+    return h / h.sum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 13), st.integers(4, 17), st.integers(0, 2**32 - 1))
+def test_batch_features_equal_the_plain_formulas(n, h, w, seed):
+    # the OpenCV/bincount kernels of the detector against the definitions, any shape
+    from mmshard.tokenizers.keyframes import _hist_batch, _pool, _scores
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    a[0, 0, 0, 0], b[0, 0, 0, 0] = 0, 255  # a hue pair 1 apart the short way
+    np.testing.assert_allclose(_scores(a, b), _naive_scores(a, b), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(_hist_batch(a), np.stack([_naive_hist(x) for x in a]),
+                               rtol=0, atol=1e-12)
+    f = 4
+    hh, ww = h // f * f, w // f * f
+    want = a[:, :hh, :ww].astype(np.float64).reshape(n, h // f, f, w // f, f, 3).mean((2, 4))
+    np.testing.assert_allclose(_pool(a, f), want, rtol=0, atol=1e-4)
+
+
+def test_fast_decode_finds_the_same_cuts_and_records_itself(hard):
+    path, truth = hard
+    exact, exact_thumbs = KeyframeDetector(KeyframesConfig()).detect(path)
+    fast, thumbs = KeyframeDetector(KeyframesConfig(decode="fast")).detect(path)
+    assert fast["scene_starts"] == exact["scene_starts"]
+    assert thumbs != exact_thumbs  # the deblocking filter was skipped: other pixels
+    assert fast["config"]["decode"] == "fast" and exact["config"]["decode"] == "exact"
+    assert len(thumbs) == len(fast["keyframes"])
+    with pytest.raises(ConfigError, match="exact, fast"):
+        KeyframesConfig(decode="quick")
