@@ -8,11 +8,12 @@ keyframe first.  A detector reads every frame once, in order, so :class:`VideoSc
 does less:
 
 - one demux pass for the packet times (no decoding; the frame times and the count),
-  then one decode from the start, multithreaded (``thread_type="AUTO"``), with no seek;
+  then one decode from the start, multithreaded (``thread_type="AUTO"``, one thread per
+  CPU), with no seek;
 - the luma plane (and the two chroma planes) of each decoded frame are shrunk where they
-  lie, without a full-size RGB conversion: a strided view takes every ``s``-th pixel
-  (``s`` keeps at least 3x the target size), then OpenCV's area filter averages down to
-  the analysis size, and the small image is converted to RGB (BT.601, as
+  lie, without a full-size RGB conversion (:func:`shrink_plane`: a bilinear step to twice
+  the analysis size, then a 2x2 area mean), and the small image is converted to RGB
+  (BT.601, as
   ``VideoReader.iter_frames(analysis=True)``);
 - the decoded ``av.VideoFrame`` comes with each small frame, so a caller keeps the few
   it needs at full size (keyframe thumbnails) without a second decode.
