@@ -48,7 +48,8 @@ Per frame ``t`` (at ``analysis_width``, HSV):
   non-bit-exact shortcuts; the thumbnails then come from those frames, so they are not
   bit-exact (on the real-footage bench set 39-48 dB PSNR against the exact frames at
   thumbnail size, about the loss of the JPEG itself).  ``"exact"`` (default) decodes
-  exactly.
+  exactly.  It applies to the one-pass scan (backend ``auto``/``pyav``); the other
+  backends decode exactly either way.
 
 Output of :meth:`KeyframeDetector.detect`: the ``kf.json`` dict (scenes with start/end
 frames and times, cut kind and score, keyframes with their frame, time and thumbnail
