@@ -375,8 +375,7 @@ class _Keeper:
                     want = min(want, scenes[j + 1].start - 1)
                 self._wants.append(want)
         for want in self._wants:
-            if want <= t:
-                self.take(want, t)
+            self.take(want, t)
 
     def take(self, want: int, t: int) -> None:
         if want <= t and want not in self.kept and want in self.ring:
